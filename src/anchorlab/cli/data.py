@@ -1,0 +1,3 @@
+"""Commands: data."""
+
+from anchorlab.cli.app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""Commands: evaluate."""
+
+from anchorlab.cli.app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""Commands: train."""
+
+from anchorlab.cli.app import app  # noqa: F401
