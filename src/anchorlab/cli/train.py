@@ -1,3 +1,77 @@
-"""Commands: train."""
+"""Commands: train, predict."""
 
-from anchorlab.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from anchorlab.cli.app import app
+
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print a clear error (no traceback) and return the exit to raise."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML config (see configs/)."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a config value: key.path=value (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt exactly."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation on the val split at the end."),
+) -> None:
+    """Train a detector; checkpoints, log.jsonl and metrics.json go to train.out.
+
+    Example: anchorlab train configs/retinanet_r18_fpn_quick.yaml --set train.iterations=300
+    """
+    from anchorlab.config import ConfigError, load_config
+    from anchorlab.data.core import DataError
+    from anchorlab.engine.checkpoint import CheckpointError
+    from anchorlab.engine.train import TrainingError
+    from anchorlab.engine.train import train as run_train
+
+    try:
+        cfg = load_config(config, set_ or [])
+        summary = run_train(cfg, resume=resume, evaluate=not no_eval, console=console)
+    except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    console.print(
+        f"trained {summary['iterations']} iterations in {summary['train_time_s']:.1f}s "
+        f"({summary['train_images_per_s']:.1f} images/s); checkpoint {summary['checkpoint']}"
+    )
+    if "metrics" in summary:
+        from anchorlab.cli.evaluate import print_metrics
+
+        print_metrics(summary["metrics"], title=f"val metrics ({cfg.model.detector})")
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Argument(..., help="checkpoint.pt written by anchorlab train."),
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders."),
+    out: Path = typer.Option(Path("runs/predict"), "--out", help="Output folder."),
+    score_thresh: float = typer.Option(0.3, "--score-thresh", help="Keep detections scoring at least this."),
+    no_draw: bool = typer.Option(False, "--no-draw", help="Only write detections.json, no PNGs."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+) -> None:
+    """Detect objects in images: OUT/detections.json (COCO results) and one annotated PNG per image.
+
+    Example: anchorlab predict runs/quick/checkpoint.pt data/synth/val --out runs/predict
+    """
+    from anchorlab.engine.checkpoint import CheckpointError
+    from anchorlab.engine.predict import predict_images
+
+    try:
+        summary = predict_images(
+            checkpoint, inputs, out, score_thresh=score_thresh, device=device, draw=not no_draw, console=console
+        )
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{summary['detections']} detections on {summary['images']} images -> {summary['out']}")

@@ -1,0 +1,270 @@
+"""Run configuration: pydantic models loaded from YAML, with ``a.b=value`` overrides.
+
+YAML files hold values only. Every section forbids unknown keys, so a typo gets an error naming the
+key and the keys allowed there; a wrong value gets an error naming the allowed values.
+Translating a config into constructor arguments happens in one place: ``anchorlab.models.build``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+]
+
+DetectorName = Literal["retinanet", "free_anchor", "fcos", "centernet", "grid", "faster_rcnn"]
+BackboneName = Literal[
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d", "mobilenet_v3_large"
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key and the allowed values."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneConfig(_Section):
+    name: BackboneName = "resnet18"
+    #: None: random init; a path: a local state dict; "imagenet": torchvision's weights API (downloads).
+    weights: str | None = None
+    norm: Literal["bn", "frozen_bn", "gn"] = "bn"
+    #: How many of the backbone's stages train (5 = all); only meaningful with pretrained weights.
+    trainable_layers: int = Field(5, ge=0, le=5)
+
+
+class FPNConfig(_Section):
+    channels: int = Field(256, gt=0)
+    min_level: int = Field(3, ge=2, le=5)
+    max_level: int = Field(7, ge=3, le=8)
+
+    @model_validator(mode="after")
+    def _levels(self) -> FPNConfig:
+        if self.max_level < self.min_level:
+            raise ValueError(f"fpn.max_level ({self.max_level}) < fpn.min_level ({self.min_level})")
+        return self
+
+
+class HeadConfig(_Section):
+    channels: int = Field(256, gt=0)
+    num_convs: int = Field(4, ge=0)
+    norm: Literal["none", "gn", "bn"] = "none"
+    prior_prob: float = Field(0.01, gt=0, lt=1)
+
+
+class AnchorConfig(_Section):
+    octave_base_scale: float = Field(4.0, gt=0)
+    scales_per_octave: int = Field(3, ge=1)
+    aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
+    #: Explicit anchor sizes per level (overrides octave_base_scale/scales_per_octave), e.g. from `anchorlab anchors`.
+    sizes: list[list[float]] | None = None
+
+
+class AssignConfig(_Section):
+    pos_iou: float = Field(0.5, ge=0, le=1)
+    neg_iou: float = Field(0.4, ge=0, le=1)
+    low_quality: bool = True
+    crowd_ioa: float = Field(0.5, ge=0, le=1)
+
+
+class LossConfig(_Section):
+    focal_alpha: float = Field(0.25, ge=0, le=1)
+    focal_gamma: float = Field(2.0, ge=0)
+    box: Literal["smooth_l1", "l1", "giou", "diou", "ciou", "iou"] = "smooth_l1"
+    smooth_l1_beta: float = Field(0.11, ge=0)
+    cls_weight: float = Field(1.0, ge=0)
+    box_weight: float = Field(1.0, ge=0)
+    #: Running average of the number of positives used as the loss normaliser (0 = this batch's count).
+    normalizer_momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class FreeAnchorConfig(_Section):
+    bag_size: int = Field(50, gt=0)
+    bbox_thr: float = Field(0.6, gt=0, lt=1)
+    alpha: float = Field(0.5, ge=0, le=1)
+    gamma: float = Field(2.0, ge=0)
+    reg_weight: float = Field(0.75, ge=0)
+
+
+class InferenceConfig(_Section):
+    score_thresh: float = Field(0.05, ge=0, le=1)
+    topk_per_level: int = Field(1000, gt=0)
+    nms_iou: float = Field(0.5, gt=0, le=1)
+    max_detections: int = Field(100, gt=0)
+
+
+class ModelConfig(_Section):
+    detector: DetectorName = "retinanet"
+    #: Foreground classes; None takes the count from the training data.
+    num_classes: int | None = Field(None, gt=0)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    fpn: FPNConfig = Field(default_factory=FPNConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    anchors: AnchorConfig = Field(default_factory=AnchorConfig)
+    assign: AssignConfig = Field(default_factory=AssignConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    free_anchor: FreeAnchorConfig = Field(default_factory=FreeAnchorConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    box_coder_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    #: Use channels_last memory format for the model and inputs (1.2-1.45x faster convs on this CPU).
+    channels_last: bool = True
+
+
+class DataConfig(_Section):
+    #: COCO JSON of the training / validation split (images next to the JSON or under `images`).
+    train: str | None = None
+    val: str | None = None
+    images: str | None = None
+    min_size: int | list[int] = 800
+    max_size: int = Field(1333, gt=0)
+    #: Multi-scale training: shorter side drawn uniformly from [lo, hi] (overrides min_size in training).
+    scale_jitter: tuple[int, int] | None = None
+    hflip: float = Field(0.5, ge=0, le=1)
+    photometric: bool = False
+    #: When `train`/`val` are missing, generate the built-in synthetic dataset here (see `anchorlab data synth`).
+    synthetic: dict[str, Any] | None = None
+
+
+class TrainConfig(_Section):
+    iterations: int = Field(90000, gt=0)
+    batch_size: int = Field(16, gt=0)
+    lr: float = Field(0.01, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_iters: int = Field(500, ge=0)
+    warmup_factor: float = Field(0.001, gt=0, le=1)
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    #: Iterations at which the step schedule multiplies the lr by `gamma`.
+    steps: list[int] = Field(default_factory=lambda: [60000, 80000])
+    gamma: float = Field(0.1, gt=0, le=1)
+    clip_grad: float | None = Field(None, gt=0)
+    checkpoint_every: int = Field(5000, gt=0)
+    eval_every: int | None = Field(None, gt=0)
+    log_every: int = Field(20, gt=0)
+    seed: int = 0
+    workers: int = Field(2, ge=0)
+    device: str = "auto"
+    out: str = "runs/default"
+
+
+class Config(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+#: The standard COCO schedules for 16 images per batch (iterations, lr steps).
+SCHEDULES: dict[str, tuple[int, list[int]]] = {
+    "1x": (90000, [60000, 80000]),
+    "1.5x": (135000, [90000, 120000]),
+    "2x": (180000, [120000, 160000]),
+    "3x": (270000, [210000, 250000]),
+}
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``key.path=value`` strings (values parsed as YAML: numbers, lists, null) to a config dict."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value (e.g. train.iterations=100)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from exc
+        _set(tree, key.strip(), value)
+    return tree
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            section: type[BaseModel] = Config
+            for part in err["loc"][:-1]:
+                field = section.model_fields.get(str(part))
+                ann = field.annotation if field else None
+                if isinstance(ann, type) and issubclass(ann, BaseModel):
+                    section = ann
+            allowed = sorted(section.model_fields)
+            close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(f"unknown key {loc!r}{hint}; allowed keys here: {', '.join(allowed)}")
+        else:
+            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return "\n  ".join(lines)
+
+
+def _expand_schedule(tree: dict[str, Any]) -> None:
+    """``train.schedule_preset: 1x`` expands to the standard COCO iterations and steps."""
+    train = tree.get("train")
+    if isinstance(train, dict) and "preset" in train:
+        preset = train.pop("preset")
+        if preset not in SCHEDULES:
+            raise ConfigError(f"train.preset {preset!r} is not one of {', '.join(SCHEDULES)}")
+        iterations, steps = SCHEDULES[preset]
+        train.setdefault("iterations", iterations)
+        train.setdefault("steps", steps)
+
+
+def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
+    tree = dict(tree)
+    _expand_schedule(tree)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid config\n  {_describe(exc)}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping (model:, data:, train:)")
+        tree = loaded or {}
+    apply_overrides(tree, overrides)
+    return config_from_dict(tree, source)
+
+
+def dump_config(cfg: Config) -> str:
+    """The config as YAML (what a run folder records)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,95 @@
+"""Pieces the train, eval and predict loops share: devices, seeds, data preparation, versions."""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anchorlab.config import Config
+
+__all__ = ["environment", "load_split", "move_targets", "prepare_data", "resolve_device", "seed_everything"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; anything else goes to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python, numpy and torch (data order and augmentation are seeded by the loader)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts recorded in every run folder."""
+    import torchvision
+
+    import anchorlab
+
+    return {
+        "anchorlab": anchorlab.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def ensure_synthetic(cfg: Config) -> None:
+    """Generate the built-in synthetic dataset when the config asks for it and it is not there yet."""
+    spec = cfg.data.synthetic
+    if not spec or cfg.data.train is None:
+        return
+    train = Path(cfg.data.train)
+    if train.is_file() and (cfg.data.val is None or Path(cfg.data.val).is_file()):
+        return
+    from anchorlab.data import make_synthetic
+
+    make_synthetic(train.parent, **spec)
+
+
+def load_split(cfg: Config, split: str):
+    """The ``train`` or ``val`` DetectionSet of a config (images next to the JSON or under data.images)."""
+    from anchorlab.data import load_coco
+
+    path = getattr(cfg.data, split)
+    if path is None:
+        raise ValueError(f"the config has no data.{split} (a COCO JSON path)")
+    return load_coco(path, images_dir=cfg.data.images)
+
+
+def prepare_data(cfg: Config):
+    """Load train (and val, if any) and fill ``model.num_classes`` from the data when unset."""
+    ensure_synthetic(cfg)
+    train = load_split(cfg, "train")
+    val = load_split(cfg, "val") if cfg.data.val else None
+    if cfg.model.num_classes is None:
+        cfg.model.num_classes = train.num_classes
+    elif cfg.model.num_classes != train.num_classes:
+        raise ValueError(
+            f"model.num_classes is {cfg.model.num_classes} but {cfg.data.train} has {train.num_classes} categories"
+        )
+    return train, val
+
+
+def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    return [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+
+
+def write_json(path: Path, obj: Any) -> None:
+    from anchorlab.engine.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))

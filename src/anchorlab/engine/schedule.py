@@ -1,0 +1,47 @@
+"""Optimizers and learning-rate schedules expressed in iterations."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from anchorlab.config import TrainConfig
+
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW; no weight decay on norm layers and biases."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_factor(it: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base lr at iteration ``it``: linear warm-up, then step, cosine or constant."""
+    if cfg.schedule == "step":
+        factor = cfg.gamma ** sum(it >= s for s in cfg.steps)
+    elif cfg.schedule == "cosine":
+        progress = min(1.0, it / max(1, cfg.iterations))
+        factor = 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        factor = 1.0
+    if it < cfg.warmup_iters:
+        alpha = it / cfg.warmup_iters
+        factor *= cfg.warmup_factor * (1 - alpha) + alpha
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))

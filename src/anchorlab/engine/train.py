@@ -1,0 +1,233 @@
+"""The training loop: read it top to bottom.
+
+``train(cfg)`` builds the data, model, optimizer and schedule from one config, runs a fixed number of
+iterations, logs to ``OUT/log.jsonl``, writes atomic checkpoints (``OUT/checkpoint.pt``) every
+``train.checkpoint_every`` iterations, at the end and on Ctrl-C, and evaluates on the val split at the end
+(``OUT/metrics.json``). ``resume=True`` continues exactly where the checkpoint left off: model, optimizer,
+schedule, RNG states and the data loader's position are all restored.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from anchorlab.config import Config, dump_config
+from anchorlab.data.loader import DetectionDataset, InfiniteLoader
+from anchorlab.data.transforms import build_transforms
+from anchorlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from anchorlab.engine.common import environment, move_targets, prepare_data, resolve_device, seed_everything
+from anchorlab.engine.common import write_json
+from anchorlab.engine.schedule import build_optimizer, build_scheduler
+from anchorlab.models import build_detector
+
+__all__ = ["TrainingError", "train"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the iteration and the loss part."""
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_train_loader(cfg: Config, dataset, *, rank: int = 0, world_size: int = 1) -> InfiniteLoader:
+    d = cfg.data
+    transforms = build_transforms(
+        True, min_size=d.min_size, max_size=d.max_size, hflip=d.hflip, scale_jitter=d.scale_jitter,
+        photometric=d.photometric,
+    )
+    return InfiniteLoader(
+        DetectionDataset(dataset, transforms, seed=cfg.train.seed),
+        batch_size=cfg.train.batch_size,
+        workers=cfg.train.workers,
+        seed=cfg.train.seed,
+        size_divisible=2**cfg.model.fpn.max_level,
+        device=resolve_device(cfg.train.device),
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def _checkpoint_state(model, optimizer, scheduler, loader, iteration: int, cfg: Config, classes) -> dict:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "loader": loader.state_dict(),
+        "rng": _rng_state(),
+        "iteration": iteration,
+        "config": cfg.model_dump(mode="json"),
+        "categories": [{"id": c.id, "name": c.name} for c in classes],
+        "environment": environment(),
+    }
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    )
+
+
+def train(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    evaluate: bool = True,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train the configured detector; returns a summary with the final losses, timings and val metrics."""
+    console = console or Console(stderr=True)
+    out = Path(cfg.train.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+
+    train_set, val_set = prepare_data(cfg)
+    model = build_detector(cfg).to(device)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    loader = build_train_loader(cfg, train_set)
+    ckpt_path = out / "checkpoint.pt"
+
+    start = 0
+    if resume:
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        _set_rng_state(state["rng"])
+        start = int(state["iteration"])
+        console.print(f"resuming {ckpt_path} at iteration {start}")
+    else:
+        (out / "log.jsonl").unlink(missing_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    write_json(out / "environment.json", {**environment(), "seed": cfg.train.seed, "device": str(device)})
+
+    def save(iteration: int) -> None:
+        save_checkpoint(
+            ckpt_path,
+            _checkpoint_state(model, optimizer, scheduler, loader, iteration, cfg, train_set.categories),
+        )
+
+    total_iters = cfg.train.iterations
+    log = (out / "log.jsonl").open("a")
+    model.train()
+    images_seen, t_start, last_losses = 0, time.perf_counter(), {}
+    it = start
+    progress = _progress(console) if show_progress else None
+    try:
+        if progress:
+            progress.start()
+            task = progress.add_task("train", total=total_iters, completed=start, rate="", info="")
+        for it in range(start, total_iters):
+            batch, targets = next(loader)
+            batch = batch.to(device, non_blocking=True)
+            targets = move_targets(targets, device)
+            losses = model(batch, targets)
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+                raise TrainingError(
+                    f"iteration {it}: loss {', '.join(bad)} is not finite "
+                    f"({', '.join(f'{k}={float(losses[k])}' for k in bad)}); "
+                    f"the last good checkpoint {ckpt_path} is kept"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.train.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            images_seen += len(batch)
+            done = it + 1
+            if done % cfg.train.log_every == 0 or done == total_iters or done == start + 1:
+                last_losses = {k: round(float(v), 5) for k, v in losses.items()}
+                elapsed = time.perf_counter() - t_start
+                record = {
+                    "iteration": done,
+                    "loss": round(float(total), 5),
+                    **last_losses,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "images_per_s": round(images_seen / elapsed, 3),
+                    "time": round(elapsed, 3),
+                }
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                if progress:
+                    info = " ".join(f"{k.removeprefix('loss_')}={v:.3f}" for k, v in last_losses.items())
+                    progress.update(task, info=f"loss={record['loss']:.3f} {info} lr={record['lr']:.2e}")
+            if progress:
+                rate = f"{done - start} it / {time.perf_counter() - t_start:.0f}s"
+                progress.update(task, completed=done, rate=rate)
+            if done % cfg.train.checkpoint_every == 0 or done == total_iters:
+                save(done)
+            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < total_iters and val_set:
+                _evaluate_and_log(model, cfg, val_set, out, done, log, console)
+                model.train()
+    except KeyboardInterrupt:
+        if progress:
+            progress.stop()
+        save(it)
+        console.print(f"interrupted: checkpoint at iteration {it} written to {ckpt_path}; continue with --resume")
+        raise
+    finally:
+        if progress:
+            progress.stop()
+        log.close()
+        loader.close()
+
+    train_time = time.perf_counter() - t_start
+    summary: dict[str, Any] = {
+        "iterations": total_iters,
+        "train_time_s": round(train_time, 2),
+        "train_images_per_s": round(images_seen / max(train_time, 1e-9), 3),
+        "final_losses": last_losses,
+        "checkpoint": str(ckpt_path),
+    }
+    if evaluate and val_set is not None:
+        summary["metrics"] = _evaluate_and_log(model, cfg, val_set, out, total_iters, None, console)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _evaluate_and_log(model, cfg, val_set, out: Path, iteration: int, log, console: Console) -> dict:
+    from anchorlab.engine.evaluate import evaluate_model
+
+    metrics = evaluate_model(model, cfg, val_set, console=console)
+    metrics["iteration"] = iteration
+    write_json(out / "metrics.json", metrics)
+    if log is not None:
+        log.write(json.dumps({"iteration": iteration, "eval": {k: metrics[k] for k in ("AP", "AP50", "AP75")}}) + "\n")
+        log.flush()
+    return metrics
