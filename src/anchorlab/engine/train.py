@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from anchorlab.config import Config, dump_config
-from anchorlab.data.loader import DetectionDataset, InfiniteLoader
+from anchorlab.data.loader import InfiniteLoader, build_loader
 from anchorlab.data.transforms import build_transforms
 from anchorlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from anchorlab.engine.common import environment, move_targets, prepare_data, resolve_device, seed_everything
@@ -57,9 +57,12 @@ def build_train_loader(cfg: Config, dataset, *, rank: int = 0, world_size: int =
         True, min_size=d.min_size, max_size=d.max_size, hflip=d.hflip, scale_jitter=d.scale_jitter,
         photometric=d.photometric,
     )
-    return InfiniteLoader(
-        DetectionDataset(dataset, transforms, seed=cfg.train.seed),
+    return build_loader(
+        dataset,
+        transforms=transforms,
         batch_size=cfg.train.batch_size,
+        train=True,
+        infinite=True,
         workers=cfg.train.workers,
         seed=cfg.train.seed,
         size_divisible=2**cfg.model.fpn.max_level,
@@ -205,7 +208,6 @@ def train(
         if progress:
             progress.stop()
         log.close()
-        loader.close()
 
     train_time = time.perf_counter() - t_start
     summary: dict[str, Any] = {

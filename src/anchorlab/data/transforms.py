@@ -1,0 +1,198 @@
+"""Detection transforms on ``torchvision.transforms.v2``: resize by the shortest edge, flip, colour jitter.
+
+A transform is a callable ``(image, target) -> (image, target)``: ``image`` a uint8 ``[3, H, W]`` tensor,
+``target`` a dict with ``boxes [M, 4]`` xyxy, ``labels [M]`` and optionally ``crowd [C, 4]`` (ignore
+regions, transformed like boxes). The output image is float32 in 0..1 ``[3, h, w]``; the target gets
+``orig_size (H, W)``, ``size (h, w)``, ``scale (sx, sy)`` (resized / original) and ``dropped`` (objects
+removed because they became smaller than a pixel). Other target keys pass through unchanged.
+
+Images are NOT normalised by default: the detector normalises inside the model, so ``predict`` and
+``export`` take plain 0..1 images. ``normalize=(mean, std)`` exists for models that do not.
+
+Randomness (size choice, flip, jitter) comes from torch's global RNG only; the loader seeds it per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+from torchvision.transforms.v2._utils import query_size
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DetectionTransform",
+    "ResizeShortestEdge",
+    "boxes_to_original",
+    "build_transforms",
+    "shortest_edge_size",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Target = dict[str, Any]
+TransformFn = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
+
+
+def shortest_edge_size(height: int, width: int, short: int, max_size: int | None) -> tuple[int, int]:
+    """Output ``(h, w)`` with the shorter side ``short`` and the longer side at most ``max_size``, keeping
+    the aspect ratio (detectron2's ``ResizeShortestEdge``; e.g. 100x300, short 128, max 200 -> 67x200)."""
+    scale = short / min(height, width)
+    new_h, new_w = height * scale, width * scale
+    if max_size is not None and max(new_h, new_w) > max_size:
+        shrink = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * shrink, new_w * shrink
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
+
+
+class ResizeShortestEdge(v2.Transform):
+    """Resize image and boxes together so the shorter side is ``min_size`` (one drawn uniformly from a
+    tuple, or an integer drawn uniformly from ``scale_jitter = (lo, hi)`` inclusive) and the longer side at
+    most ``max_size``. The size is drawn once per sample, so every input of the sample gets the same."""
+
+    def __init__(
+        self,
+        min_size: int | Sequence[int],
+        max_size: int | None,
+        *,
+        scale_jitter: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        sizes = (min_size,) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"min_size must be a positive int or a non-empty tuple, got {min_size!r}")
+        if scale_jitter is not None:
+            lo, hi = (int(v) for v in scale_jitter)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"scale_jitter must be (lo, hi) with 1 <= lo <= hi, got {scale_jitter!r}")
+            scale_jitter = (lo, hi)
+        if max_size is not None and max_size < 1:
+            raise ValueError(f"max_size must be positive or None, got {max_size}")
+        self.min_size = sizes
+        self.max_size = max_size
+        self.scale_jitter = scale_jitter
+
+    def sample_short_side(self) -> int:
+        if self.scale_jitter is not None:
+            lo, hi = self.scale_jitter
+            return int(torch.randint(lo, hi + 1, ()).item())
+        if len(self.min_size) == 1:
+            return self.min_size[0]
+        return self.min_size[int(torch.randint(len(self.min_size), ()).item())]
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = query_size(flat_inputs)
+        return {"size": shortest_edge_size(height, width, self.sample_short_side(), self.max_size)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.resize, inpt, size=list(params["size"]), antialias=True)
+
+
+def _empty_boxes(x: Any) -> torch.Tensor:
+    if x is None:
+        return torch.zeros((0, 4), dtype=torch.float32)
+    return torch.as_tensor(x, dtype=torch.float32).reshape(-1, 4)
+
+
+class DetectionTransform:
+    """Run a v2 pipeline on ``(image, target)``, then clamp boxes to the image and drop those (and their
+    labels) whose width or height fell below ``min_box_size`` pixels; crowd regions likewise."""
+
+    def __init__(self, pipeline: v2.Transform, *, min_box_size: float = 1.0) -> None:
+        self.pipeline = pipeline
+        self.clamp = v2.ClampBoundingBoxes()
+        self.sanitize = v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=_get_labels)
+        self.sanitize_crowd = v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=None)
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        boxes = _empty_boxes(target.get("boxes"))
+        labels = torch.as_tensor(target.get("labels", torch.zeros(0)), dtype=torch.int64).reshape(-1)
+        if labels.shape[0] != boxes.shape[0]:
+            raise ValueError(f"{boxes.shape[0]} boxes but {labels.shape[0]} labels")
+        canvas = (height, width)
+        sample = {
+            "image": tv_tensors.Image(image),
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=canvas),
+            "labels": labels,
+            "crowd": tv_tensors.BoundingBoxes(
+                _empty_boxes(target.get("crowd")), format="XYXY", canvas_size=canvas
+            ),
+        }
+        out = self.pipeline(sample)
+        kept = self.sanitize({"boxes": self.clamp(out["boxes"]), "labels": out["labels"]})
+        crowd = self.sanitize_crowd({"crowd": self.clamp(out["crowd"])})["crowd"]
+        new_h, new_w = (int(s) for s in out["image"].shape[-2:])
+        result = dict(target)
+        result.update(
+            boxes=kept["boxes"].as_subclass(torch.Tensor),
+            labels=kept["labels"],
+            crowd=crowd.as_subclass(torch.Tensor),
+            orig_size=(height, width),
+            size=(new_h, new_w),
+            scale=(new_w / width, new_h / height),
+            dropped=int(target.get("dropped", 0)) + int(boxes.shape[0] - kept["boxes"].shape[0]),
+        )
+        return out["image"].as_subclass(torch.Tensor), result
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.pipeline})"
+
+
+def _get_labels(sample: dict[str, Any]) -> torch.Tensor:
+    return sample["labels"]
+
+
+def build_transforms(
+    train: bool,
+    *,
+    min_size: int | tuple[int, ...],
+    max_size: int | None,
+    hflip: float = 0.5,
+    scale_jitter: tuple[int, int] | None = None,
+    photometric: bool = False,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    min_box_size: float = 1.0,
+) -> DetectionTransform:
+    """The detection pipeline: shortest-edge resize (capped at ``max_size``), then in training a horizontal
+    flip with probability ``hflip`` and optionally mild colour jitter, then float32 0..1 (and
+    ``normalize = (mean, std)`` if given; off by default, the model normalises).
+
+    Training draws the shorter side from ``min_size`` (a tuple) or ``scale_jitter = (lo, hi)``; evaluation
+    is deterministic: the largest of ``min_size``, no flip, no jitter."""
+    steps: list[v2.Transform] = []
+    if train:
+        steps.append(ResizeShortestEdge(min_size, max_size, scale_jitter=scale_jitter))
+        if hflip > 0:
+            steps.append(v2.RandomHorizontalFlip(p=hflip))
+        if photometric:
+            steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
+    else:
+        steps.append(ResizeShortestEdge(min_size if isinstance(min_size, int) else max(min_size), max_size))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if normalize is not None:
+        mean, std = normalize
+        steps.append(v2.Normalize(mean=list(mean), std=list(std)))
+    return DetectionTransform(v2.Compose(steps), min_box_size=min_box_size)
+
+
+def boxes_to_original(
+    boxes: torch.Tensor,
+    scale: tuple[float, float] | torch.Tensor,
+    orig_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Map ``[K, 4]`` xyxy boxes predicted on the resized image back to the original image by undoing
+    ``scale = (sx, sy)``; clip to ``orig_size = (h, w)`` when given."""
+    sx, sy = (float(s) for s in scale)
+    factor = boxes.new_tensor([sx, sy, sx, sy])
+    out = boxes / factor
+    if orig_size is not None:
+        h, w = orig_size
+        out = torch.minimum(out.clamp(min=0), out.new_tensor([w, h, w, h]))
+    return out
