@@ -14,7 +14,9 @@ def test_shipped_configs_validate(path):
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config(None, ["train.iterations=7", "model.anchors.aspect_ratios=[1, 2]", "model.num_classes=null"])
+    cfg = load_config(
+        None, ["train.iterations=7", "model.anchors.aspect_ratios=[1, 2]", "model.num_classes=null"]
+    )
     assert cfg.train.iterations == 7
     assert cfg.model.anchors.aspect_ratios == [1.0, 2.0]
     assert cfg.model.num_classes is None
@@ -34,7 +36,7 @@ def test_wrong_value_names_allowed_choices():
 
 
 def test_bad_override_syntax_and_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match="key.path=value"):
+    with pytest.raises(ConfigError, match=r"key\.path=value"):
         load_config(None, ["train.iterations"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

@@ -142,7 +142,7 @@ class BoxCoder:
         return (deltas - means) / stds
 
     def decode(self, anchors: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
-        """Boxes ``[..., 4]`` xyxy from ``anchors`` ``[..., 4]`` and ``deltas`` ``[..., 4]`` (broadcastable)."""
+        """Boxes ``[..., 4]`` xyxy from ``anchors`` and ``deltas`` (both ``[..., 4]``, broadcastable)."""
         means, stds = self._stats(deltas)
         deltas = deltas * stds + means
         aw = anchors[..., 2] - anchors[..., 0]

@@ -70,7 +70,8 @@ class AnchorConfig(_Section):
     octave_base_scale: float = Field(4.0, gt=0)
     scales_per_octave: int = Field(3, ge=1)
     aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
-    #: Explicit anchor sizes per level (overrides octave_base_scale/scales_per_octave), e.g. from `anchorlab anchors`.
+    #: Explicit anchor sizes per level (overrides octave_base_scale/scales_per_octave),
+    #: e.g. proposed by `anchorlab anchors`.
     sizes: list[list[float]] | None = None
 
 
@@ -137,7 +138,7 @@ class DataConfig(_Section):
     scale_jitter: tuple[int, int] | None = None
     hflip: float = Field(0.5, ge=0, le=1)
     photometric: bool = False
-    #: When `train`/`val` are missing, generate the built-in synthetic dataset here (see `anchorlab data synth`).
+    #: Arguments of `make_synthetic`: generate the synthetic dataset into train's folder when missing.
     synthetic: dict[str, Any] | None = None
 
 

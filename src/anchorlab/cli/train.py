@@ -8,20 +8,17 @@ import typer
 from rich.console import Console
 
 from anchorlab.cli.app import app
+from anchorlab.cli.evaluate import fail
 
 console = Console(stderr=True)
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print a clear error (no traceback) and return the exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML config (see configs/)."),
-    set_: list[str] = typer.Option(None, "--set", help="Override a config value: key.path=value (repeatable)."),
+    set_: list[str] = typer.Option(
+        None, "--set", help="Override a config value: key.path=value (repeatable)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt exactly."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation on the val split at the end."),
 ) -> None:
@@ -39,7 +36,7 @@ def train(
         cfg = load_config(config, set_ or [])
         summary = run_train(cfg, resume=resume, evaluate=not no_eval, console=console)
     except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     console.print(
@@ -70,8 +67,14 @@ def predict(
 
     try:
         summary = predict_images(
-            checkpoint, inputs, out, score_thresh=score_thresh, device=device, draw=not no_draw, console=console
+            checkpoint,
+            inputs,
+            out,
+            score_thresh=score_thresh,
+            device=device,
+            draw=not no_draw,
+            console=console,
         )
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
     console.print(f"{summary['detections']} detections on {summary['images']} images -> {summary['out']}")

@@ -80,13 +80,17 @@ def prepare_data(cfg: Config):
         cfg.model.num_classes = train.num_classes
     elif cfg.model.num_classes != train.num_classes:
         raise ValueError(
-            f"model.num_classes is {cfg.model.num_classes} but {cfg.data.train} has {train.num_classes} categories"
+            f"model.num_classes is {cfg.model.num_classes} but {cfg.data.train} "
+            f"has {train.num_classes} categories"
         )
     return train, val
 
 
 def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
-    return [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+    return [
+        {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+        for t in targets
+    ]
 
 
 def write_json(path: Path, obj: Any) -> None:

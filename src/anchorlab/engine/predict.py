@@ -46,7 +46,9 @@ def find_images(inputs: list[Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{path}: no such image or folder")
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, inputs))}")
+        raise FileNotFoundError(
+            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, inputs))}"
+        )
     return files
 
 
@@ -78,20 +80,30 @@ def predict_images(
         except RuntimeError as exc:
             raise ValueError(f"{path}: not a readable image ({exc})") from None
         target = {
-            "boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64),
-            "crowd": torch.zeros((0, 4)), "image_id": image_id,
+            "boxes": torch.zeros((0, 4)),
+            "labels": torch.zeros((0,), dtype=torch.int64),
+            "crowd": torch.zeros((0, 4)),
+            "image_id": image_id,
         }
         tensor, target = transform(image, target)
         det = model.predict([tensor.to(dev)])[0]
         keep = det["scores"] >= score_thresh
         boxes = boxes_to_original(det["boxes"][keep].cpu(), target["scale"])
         scores, labels = det["scores"][keep].cpu(), det["labels"][keep].cpu()
-        images.append({"id": image_id, "file_name": str(path), "height": image.shape[1], "width": image.shape[2]})
-        for box, score, label in zip(xyxy_to_xywh(boxes).tolist(), scores.tolist(), labels.tolist(), strict=True):
-            results.append({
-                "image_id": image_id, "category_id": categories[label]["id"],
-                "bbox": [round(v, 2) for v in box], "score": round(score, 5),
-            })
+        images.append(
+            {"id": image_id, "file_name": str(path), "height": image.shape[1], "width": image.shape[2]}
+        )
+        for box, score, label in zip(
+            xyxy_to_xywh(boxes).tolist(), scores.tolist(), labels.tolist(), strict=True
+        ):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": categories[label]["id"],
+                    "bbox": [round(v, 2) for v in box],
+                    "score": round(score, 5),
+                }
+            )
         if draw:
             text = [f"{names[lab]} {s:.2f}" for lab, s in zip(labels.tolist(), scores.tolist(), strict=True)]
             drawn = draw_bounding_boxes(image, boxes, labels=text, colors="red", width=2)

@@ -18,14 +18,27 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from anchorlab.config import Config, dump_config
 from anchorlab.data.loader import InfiniteLoader, build_loader
 from anchorlab.data.transforms import build_transforms
 from anchorlab.engine.checkpoint import load_checkpoint, save_checkpoint
-from anchorlab.engine.common import environment, move_targets, prepare_data, resolve_device, seed_everything
-from anchorlab.engine.common import write_json
+from anchorlab.engine.common import (
+    environment,
+    move_targets,
+    prepare_data,
+    resolve_device,
+    seed_everything,
+    write_json,
+)
 from anchorlab.engine.schedule import build_optimizer, build_scheduler
 from anchorlab.models import build_detector
 
@@ -54,7 +67,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def build_train_loader(cfg: Config, dataset, *, rank: int = 0, world_size: int = 1) -> InfiniteLoader:
     d = cfg.data
     transforms = build_transforms(
-        True, min_size=d.min_size, max_size=d.max_size, hflip=d.hflip, scale_jitter=d.scale_jitter,
+        True,
+        min_size=d.min_size,
+        max_size=d.max_size,
+        hflip=d.hflip,
+        scale_jitter=d.scale_jitter,
         photometric=d.photometric,
     )
     return build_loader(
@@ -202,7 +219,9 @@ def train(
         if progress:
             progress.stop()
         save(it)
-        console.print(f"interrupted: checkpoint at iteration {it} written to {ckpt_path}; continue with --resume")
+        console.print(
+            f"interrupted: checkpoint at iteration {it} written to {ckpt_path}; continue with --resume"
+        )
         raise
     finally:
         if progress:
@@ -230,6 +249,9 @@ def _evaluate_and_log(model, cfg, val_set, out: Path, iteration: int, log, conso
     metrics["iteration"] = iteration
     write_json(out / "metrics.json", metrics)
     if log is not None:
-        log.write(json.dumps({"iteration": iteration, "eval": {k: metrics[k] for k in ("AP", "AP50", "AP75")}}) + "\n")
+        log.write(
+            json.dumps({"iteration": iteration, "eval": {k: metrics[k] for k in ("AP", "AP50", "AP75")}})
+            + "\n"
+        )
         log.flush()
     return metrics
