@@ -22,7 +22,9 @@ def test_format_conversions_numpy_and_torch():
     t = torch.tensor([[10.0, 20.0, 40.0, 60.0]])
     assert torch.allclose(xyxy_to_cxcywh(t), torch.tensor([[25.0, 40.0, 30.0, 40.0]]))
     assert torch.allclose(cxcywh_to_xyxy(xyxy_to_cxcywh(t)), t)
-    np.testing.assert_allclose(yolo_to_xyxy(np.array([[0.5, 0.5, 0.5, 0.25]]), 200, 100), [[50, 37.5, 150, 62.5]])
+    np.testing.assert_allclose(
+        yolo_to_xyxy(np.array([[0.5, 0.5, 0.5, 0.25]]), 200, 100), [[50, 37.5, 150, 62.5]]
+    )
 
 
 def test_clip_and_empty_iou():

@@ -7,7 +7,9 @@ from anchorlab.engine.checkpoint import CheckpointError, atomic_write_bytes, loa
 
 
 def test_round_trip(tmp_path):
-    path = save_checkpoint(tmp_path / "run" / "checkpoint.pt", {"model": {"w": torch.ones(3)}, "iteration": 4})
+    path = save_checkpoint(
+        tmp_path / "run" / "checkpoint.pt", {"model": {"w": torch.ones(3)}, "iteration": 4}
+    )
     state = load_checkpoint(path)
     assert state["iteration"] == 4 and torch.equal(state["model"]["w"], torch.ones(3))
 

@@ -67,7 +67,7 @@ def test_json_output_and_file(files: tuple[Path, Path], tmp_path: Path) -> None:
         (["--gt", "{gt}"], "missing --detections"),
         (["--gt", "{gt}", "--detections", "{dets}", "--nms-recall"], "need a CONFIG"),
         (["{gt}", "--gt", "{gt}", "--detections", "{dets}"], "not both"),
-        (["cfg.yaml", "--checkpoint", "last.pt"], "model evaluation needs the training engine"),
+        (["cfg.yaml", "--checkpoint", "last.pt"], "config file cfg.yaml does not exist"),
     ],
 )
 def test_errors_exit_1_without_traceback(
