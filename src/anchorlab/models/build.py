@@ -1,0 +1,131 @@
+"""Config -> model, in one place: ``DETECTORS`` maps every ``model.detector`` name to its constructor.
+
+Reading this file tells you every detector there is; there is no registry framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from anchorlab.anchors import AnchorGenerator
+from anchorlab.boxes import BoxCoder
+from anchorlab.config import Config, ModelConfig
+from anchorlab.models.backbone import build_backbone
+from anchorlab.models.detector import Detector
+from anchorlab.models.heads.retina import RetinaHead
+
+__all__ = ["DETECTORS", "build_anchor_generator", "build_detector"]
+
+
+def build_anchor_generator(cfg: ModelConfig) -> AnchorGenerator:
+    """``cfg.anchors.sizes`` (one list per FPN level) if given, else RetinaNet's octave anchors."""
+    levels = range(cfg.fpn.min_level, cfg.fpn.max_level + 1)
+    ratios = [list(cfg.anchors.aspect_ratios)]
+    if cfg.anchors.sizes is not None:
+        if len(cfg.anchors.sizes) != len(levels):
+            raise ValueError(
+                f"model.anchors.sizes has {len(cfg.anchors.sizes)} levels but the FPN has {len(levels)} "
+                f"(P{cfg.fpn.min_level}..P{cfg.fpn.max_level})"
+            )
+        return AnchorGenerator(cfg.anchors.sizes, ratios, [2**level for level in levels])
+    return AnchorGenerator.retinanet(
+        min_level=cfg.fpn.min_level,
+        max_level=cfg.fpn.max_level,
+        octave_base_scale=cfg.anchors.octave_base_scale,
+        scales_per_octave=cfg.anchors.scales_per_octave,
+        aspect_ratios=cfg.anchors.aspect_ratios,
+    )
+
+
+def _retina_family(cfg: ModelConfig, loss_mode: str) -> Detector:
+    backbone = build_backbone(
+        cfg.backbone.name,
+        weights=cfg.backbone.weights,
+        norm=cfg.backbone.norm,
+        trainable_layers=cfg.backbone.trainable_layers,
+        fpn_channels=cfg.fpn.channels,
+        min_level=cfg.fpn.min_level,
+        max_level=cfg.fpn.max_level,
+    )
+    anchors = build_anchor_generator(cfg)
+    per_location = set(anchors.num_anchors_per_location())
+    if len(per_location) != 1:
+        raise ValueError(
+            "the RetinaNet head is shared across levels and needs the same number of anchors on every "
+            f"level; model.anchors gives {anchors.num_anchors_per_location()}"
+        )
+    fa = cfg.free_anchor
+    head = RetinaHead(
+        backbone.out_channels,
+        per_location.pop(),
+        cfg.num_classes,
+        channels=cfg.head.channels,
+        num_convs=cfg.head.num_convs,
+        norm=cfg.head.norm,
+        prior_prob=cfg.head.prior_prob,
+        loss_mode=loss_mode,
+        coder=BoxCoder(stds=cfg.box_coder_stds),
+        pos_iou=cfg.assign.pos_iou,
+        neg_iou=cfg.assign.neg_iou,
+        low_quality=cfg.assign.low_quality,
+        crowd_ioa=cfg.assign.crowd_ioa,
+        focal_alpha=cfg.loss.focal_alpha,
+        focal_gamma=cfg.loss.focal_gamma,
+        box_loss=cfg.loss.box,
+        smooth_l1_beta=cfg.loss.smooth_l1_beta,
+        cls_weight=cfg.loss.cls_weight,
+        box_weight=cfg.loss.box_weight,
+        normalizer_momentum=cfg.loss.normalizer_momentum,
+        free_anchor={
+            "bag_size": fa.bag_size,
+            "bbox_thr": fa.bbox_thr,
+            "alpha": fa.alpha,
+            "gamma": fa.gamma,
+            "reg_weight": fa.reg_weight,
+        },
+    )
+    return Detector(
+        backbone,
+        head,
+        anchors,
+        num_classes=cfg.num_classes,
+        pixel_mean=cfg.pixel_mean,
+        pixel_std=cfg.pixel_std,
+        channels_last=cfg.channels_last,
+        inference=cfg.inference.model_dump(),
+    )
+
+
+def _retinanet(cfg: ModelConfig) -> Detector:
+    """RetinaNet: max-IoU assignment, focal loss, box regression (``model.loss``, ``model.assign``)."""
+    return _retina_family(cfg, "focal")
+
+
+def _free_anchor(cfg: ModelConfig) -> Detector:
+    """FreeAnchor: the RetinaNet architecture trained with learning-to-match bags (``model.free_anchor``)."""
+    return _retina_family(cfg, "free_anchor")
+
+
+#: Every detector name ``model.detector`` accepts today, and its constructor.
+DETECTORS: dict[str, Callable[[ModelConfig], Detector]] = {
+    "retinanet": _retinanet,
+    "free_anchor": _free_anchor,
+}
+
+
+def build_detector(cfg: Config | ModelConfig) -> Detector:
+    """The detector described by ``cfg.model`` (a full ``Config``) or by a ``ModelConfig``."""
+    model_cfg = cfg.model if isinstance(cfg, Config) else cfg
+    if not isinstance(model_cfg, ModelConfig):
+        raise TypeError(f"build_detector needs a Config or ModelConfig, got {type(cfg).__name__}")
+    if model_cfg.detector not in DETECTORS:
+        raise ValueError(
+            f"model.detector {model_cfg.detector!r} is not available; "
+            f"available detectors: {', '.join(DETECTORS)}"
+        )
+    if model_cfg.num_classes is None:
+        raise ValueError(
+            "model.num_classes is not set: set it in the config (model.num_classes=K) or let the training "
+            "engine fill it from the dataset's categories"
+        )
+    return DETECTORS[model_cfg.detector](model_cfg)

@@ -1,0 +1,148 @@
+"""``Detector``: backbone + FPN -> head, with priors and input normalisation; a torchvision drop-in.
+
+``model(images, targets)`` in train mode returns a dict of losses; ``model(images)`` in eval mode returns
+``[{"boxes": [D, 4] xyxy, "scores": [D], "labels": [D]}]`` per image, in the input images' pixel
+coordinates. ``images`` is a list of ``[3, H_i, W_i]`` float tensors in 0..1 (any sizes) or an
+``ImageBatch`` (zero-padded, still in 0..1).
+
+Head protocol (any head with these methods plugs in; see ``docs/retinanet.md``):
+
+* ``head(features: list[[B, C, H_l, W_l]]) -> outputs`` (a dict of raw tensors flattened over priors in
+  level-major, then ``(y, x)``, then per-location order);
+* ``head.loss(outputs, priors, targets) -> dict[str, Tensor]`` (weighted; the total is their sum);
+* ``head.postprocess(outputs, priors, image_sizes, **inference) -> list[dict]``;
+* priors: the ``prior_generator``'s ``grid_anchors(feature_sizes, device, dtype)`` (anchors) or, when the
+  head defines it, ``head.priors(feature_sizes, strides, device, dtype)`` (points, or ``None`` for heads
+  that need none). The result is passed unchanged to ``loss`` and ``postprocess``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anchorlab.data.batch import ImageBatch, pad_images
+
+__all__ = ["Detector"]
+
+
+class Detector(nn.Module):
+    """Backbone + head + prior generator + pixel normalisation.
+
+    Args:
+        backbone: module mapping ``[B, 3, H, W]`` to a list of feature maps, with ``.strides``.
+        head: a head following the protocol of the module docstring.
+        anchor_generator: object with ``grid_anchors(feature_sizes, device, dtype)``, or ``None`` when
+            the head has a ``priors`` method.
+        num_classes: foreground classes ``K``.
+        pixel_mean, pixel_std: per-channel normalisation of 0..1 inputs.
+        size_divisible: batches are padded to a multiple of it (default: the largest stride).
+        channels_last: run the model and its inputs in ``torch.channels_last`` memory format.
+        inference: keyword arguments of ``head.postprocess`` (score_thresh, nms_iou, ...).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        anchor_generator: Any | None,
+        *,
+        num_classes: int,
+        pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
+        size_divisible: int | None = None,
+        channels_last: bool = False,
+        inference: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if anchor_generator is None and not hasattr(head, "priors"):
+            raise ValueError("Detector needs an anchor_generator unless the head defines priors()")
+        self.backbone = backbone
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.num_classes = num_classes
+        self.strides: list[int] = list(backbone.strides)
+        self.size_divisible = int(size_divisible or max(self.strides))
+        self.inference = dict(inference or {})
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1), persistent=False)
+        self.channels_last = False
+        if channels_last:
+            self.use_channels_last()
+
+    def use_channels_last(self, enabled: bool = True) -> Detector:
+        """Convert the parameters (and from now on the inputs) to ``channels_last`` or back."""
+        self.channels_last = enabled
+        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
+    # -- input -------------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[torch.Tensor] | ImageBatch) -> ImageBatch:
+        """Pad (to ``size_divisible``) and normalise; the padding is zero after normalisation."""
+        if isinstance(images, ImageBatch):
+            batch = images
+        else:
+            if len(images) == 0:
+                raise ValueError("Detector got an empty list of images")
+            for i, im in enumerate(images):
+                if im.ndim != 3 or im.shape[0] != 3:
+                    raise ValueError(f"images[{i}] must have shape [3, H, W], got {tuple(im.shape)}")
+            batch = pad_images(list(images), self.size_divisible)
+        x = batch.tensor.to(self.pixel_mean.dtype)
+        div = self.size_divisible
+        pad_h, pad_w = -x.shape[-2] % div, -x.shape[-1] % div
+        if pad_h or pad_w:  # an ImageBatch padded to a smaller multiple: complete the padding
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        height, width = x.shape[-2:]
+        sizes = torch.tensor(batch.sizes, device=x.device)  # [B, 2] (h, w)
+        inside = (torch.arange(height, device=x.device)[None, :, None] < sizes[:, 0, None, None]) & (
+            torch.arange(width, device=x.device)[None, None, :] < sizes[:, 1, None, None]
+        )  # [B, H, W]
+        x = (x - self.pixel_mean) / self.pixel_std * inside[:, None].to(x.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return ImageBatch(x, batch.sizes)
+
+    def priors(self, features: Sequence[torch.Tensor]) -> Any:
+        """Priors for the feature maps (anchors ``[R, 4]``, points, or whatever the head uses)."""
+        feature_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
+        ref = features[0]
+        if hasattr(self.head, "priors"):
+            return self.head.priors(feature_sizes, self.strides, ref.device, ref.dtype)
+        return self.anchor_generator.grid_anchors(feature_sizes, device=ref.device, dtype=ref.dtype)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(
+        self,
+        images: Sequence[torch.Tensor] | ImageBatch,
+        targets: Sequence[dict[str, torch.Tensor]] | None = None,
+    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        """Train mode: ``dict`` of losses (``targets`` required). Eval mode: detections per image."""
+        if self.training and targets is None:
+            raise ValueError("Detector in train mode needs targets; call model.eval() for detections")
+        batch = self.preprocess(images)
+        features = list(self.backbone(batch.tensor))
+        outputs = self.head(features)
+        priors = self.priors(features)
+        if self.training:
+            return self.head.loss(outputs, priors, targets)
+        return self.head.postprocess(outputs, priors, batch.sizes, **self.inference)
+
+    @torch.no_grad()
+    def predict(
+        self, images: Sequence[torch.Tensor] | ImageBatch, return_pre_nms: bool = False
+    ) -> list[dict[str, torch.Tensor]]:
+        """Detections in eval mode (restoring the previous mode); ``return_pre_nms`` adds the NMS inputs."""
+        was_training = self.training
+        self.eval()
+        try:
+            batch = self.preprocess(images)
+            features = list(self.backbone(batch.tensor))
+            outputs = self.head(features)
+            kwargs = {**self.inference, "return_pre_nms": True} if return_pre_nms else self.inference
+            return self.head.postprocess(outputs, self.priors(features), batch.sizes, **kwargs)
+        finally:
+            self.train(was_training)

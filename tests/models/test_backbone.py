@@ -1,0 +1,130 @@
+"""Backbone + FPN: levels, strides, channels; local weights files; the offline ImageNet message."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from anchorlab.models.backbone import build_backbone
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two threads on a shared 2-core machine spin-wait each other out: use one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_large"])
+@pytest.mark.parametrize(("min_level", "max_level"), [(3, 7), (2, 6)])
+def test_levels_strides_channels(name: str, min_level: int, max_level: int) -> None:
+    torch.manual_seed(0)
+    model = build_backbone(name, fpn_channels=32, min_level=min_level, max_level=max_level).eval()
+    with torch.no_grad():
+        features = model(torch.rand(2, 3, 128, 96))
+    levels = range(min_level, max_level + 1)
+    assert isinstance(features, list)
+    assert model.strides == [2**level for level in levels]
+    assert model.out_channels == 32
+    for feature, level in zip(features, levels, strict=True):
+        size = (-(-128 // 2**level), -(-96 // 2**level))  # ceil: stride-2 convs with padding 1
+        assert tuple(feature.shape) == (2, 32, *size)
+        assert torch.isfinite(feature).all()
+
+
+def test_min_level_2_uses_c2_and_max_level_below_5_drops_p5() -> None:
+    model = build_backbone("resnet18", fpn_channels=16, min_level=2, max_level=4)
+    assert model.fpn.inner_blocks[0][0].in_channels == 64  # resnet18's C2 (layer1)
+    assert "layer4" not in dict(model.body.named_children())  # C5 is not computed
+    assert [f.shape[-1] for f in model(torch.rand(1, 3, 64, 64))] == [16, 8, 4]
+
+
+def test_p6_is_computed_from_p5() -> None:
+    model = build_backbone("resnet18", fpn_channels=16, max_level=7)
+    assert model.fpn.extra_blocks.convs[0].in_channels == 16  # P5 (16 channels), not C5 (512)
+
+
+@pytest.mark.parametrize(
+    ("norm", "layer"),
+    [
+        ("gn", torch.nn.GroupNorm),
+        ("frozen_bn", torchvision.ops.FrozenBatchNorm2d),
+        ("bn", torch.nn.BatchNorm2d),
+    ],
+)
+def test_norm(norm: str, layer: type) -> None:
+    model = build_backbone("resnet18", norm=norm, fpn_channels=16)
+    assert isinstance(model.body.bn1, layer)
+    if norm == "gn":
+        assert model.body.bn1.num_groups == 32
+
+
+def test_trainable_layers_freezes_the_first_stages() -> None:
+    model = build_backbone("resnet18", trainable_layers=2, fpn_channels=16)
+    frozen = {n.split(".")[0] for n, p in model.body.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "bn1", "layer1", "layer2"}
+    assert all(p.requires_grad for p in model.fpn.parameters())
+
+
+def test_local_weights_round_trip(tmp_path) -> None:
+    torch.manual_seed(1)
+    source = torchvision.models.resnet18()  # a torchvision classification checkpoint (with fc.*)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    model = build_backbone("resnet18", weights=str(path), fpn_channels=16)
+    assert torch.equal(model.body.conv1.weight, source.conv1.weight)
+    assert torch.equal(model.body.layer4[1].bn2.running_var, source.layer4[1].bn2.running_var)
+
+    # the same weights under a prefix (an anchorlab detector checkpoint), wrapped in {"model": ...}
+    prefixed = {f"backbone.body.{k}": v for k, v in model.body.state_dict().items()}
+    prefixed["head.cls_logits.weight"] = torch.zeros(3)
+    prefixed["head._extra_state"] = {"normalizer": {"value": 12.0, "momentum": 0.9}}
+    checkpoint = {"model": prefixed, "iteration": 7, "rng": {"numpy": np.random.get_state()}}
+    torch.save(checkpoint, tmp_path / "ckpt.pth")
+    again = build_backbone("resnet18", weights=tmp_path / "ckpt.pth", norm="frozen_bn", fpn_channels=16)
+    assert torch.equal(again.body.layer2[0].conv1.weight, source.layer2[0].conv1.weight)
+    assert torch.equal(again.body.bn1.running_mean, source.bn1.running_mean)
+
+
+def test_mobilenet_local_weights(tmp_path) -> None:
+    source = torchvision.models.mobilenet_v3_large()
+    torch.save(source.state_dict(), tmp_path / "mnv3.pth")
+    model = build_backbone("mobilenet_v3_large", weights=tmp_path / "mnv3.pth", fpn_channels=16)
+    assert torch.equal(model.body["16"][0].weight, source.features[16][0].weight)
+
+
+def test_wrong_weights_files(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_backbone("resnet18", weights=tmp_path / "missing.pth")
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ValueError, match=r"unexpected keys .*layer1\.2\."):
+        build_backbone("resnet18", weights=tmp_path / "r34.pth")
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ValueError, match="missing keys"):
+        build_backbone("resnet18", weights=tmp_path / "r18.pth", norm="gn")
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="does not hold a state dict"):
+        build_backbone("resnet18", weights=tmp_path / "list.pth")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable torch state dict"):
+        build_backbone("resnet18", weights=tmp_path / "text.pth")
+
+
+def test_imagenet_without_internet_names_the_local_file_option(monkeypatch) -> None:
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no internet")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError, match=r"model\.backbone\.weights: /path/to/resnet50\.pth"):
+        build_backbone("resnet50", weights="imagenet")
+
+
+def test_unknown_backbone() -> None:
+    with pytest.raises(ValueError, match="available: resnet18"):
+        build_backbone("vgg16")
