@@ -14,6 +14,7 @@ produce it (``target["skipped"]``) and the loader adds them to the main process'
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from collections import Counter
@@ -48,6 +49,13 @@ class _Unreadable(Exception):
     pass
 
 
+def read_rgb(path: str | os.PathLike) -> torch.Tensor:
+    """Decode an image file (PNG, JPEG, ...; grayscale or RGBA too) as uint8 RGB ``[3, H, W]``."""
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
+        warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+
+
 class DetectionDataset(Dataset):
     """A ``DetectionSet`` as a torch dataset. ``dataset[i]`` (or ``dataset[(i, seed)]``, which runs the
     transforms under that RNG seed) gives ``(image [3, h, w] float32 0..1, target)`` with target keys
@@ -72,11 +80,7 @@ class DetectionDataset(Dataset):
         """Decode image ``index`` as uint8 RGB ``[3, H, W]``; raises ``_Unreadable`` with the reason."""
         record = self.data.images[index]
         try:
-            with (
-                warnings.catch_warnings()
-            ):  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
-                warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-                image = decode_image(read_file(str(record.file)), mode=ImageReadMode.RGB)
+            image = read_rgb(record.file)
         except (RuntimeError, OSError, ValueError) as err:
             raise _Unreadable(str(err).splitlines()[-1] if str(err) else type(err).__name__) from err
         height, width = int(image.shape[-2]), int(image.shape[-1])

@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import track
-from torchvision.io import ImageReadMode, decode_image, read_file, write_png
+from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes
 
 from anchorlab.boxes import xyxy_to_xywh
 from anchorlab.config import Config
+from anchorlab.data.loader import read_rgb
 from anchorlab.engine.checkpoint import load_checkpoint
 from anchorlab.engine.common import resolve_device, write_json
 from anchorlab.engine.evaluate import eval_transforms
@@ -30,6 +31,7 @@ def load_trained(checkpoint: str | Path, device: str | torch.device = "auto"):
     device = resolve_device(device) if isinstance(device, str) else device
     state = load_checkpoint(checkpoint, map_location=device)
     cfg = Config.model_validate(state["config"])
+    cfg.model.backbone.weights = None  # the checkpoint holds every weight: never re-read or download
     model = build_detector(cfg)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg, state["categories"]
@@ -68,6 +70,7 @@ def predict_images(
     from anchorlab.data.transforms import boxes_to_original
 
     model, cfg, categories = load_trained(checkpoint, device)
+    model.inference["score_thresh"] = score_thresh
     transform = eval_transforms(cfg)
     names = [c["name"] for c in categories]
     dev = next(model.parameters()).device
@@ -76,8 +79,8 @@ def predict_images(
     files = find_images(inputs)
     for image_id, path in enumerate(track(files, description="predict", console=console), start=1):
         try:
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        except RuntimeError as exc:
+            image = read_rgb(path)
+        except (RuntimeError, OSError) as exc:
             raise ValueError(f"{path}: not a readable image ({exc})") from None
         target = {
             "boxes": torch.zeros((0, 4)),
@@ -87,9 +90,8 @@ def predict_images(
         }
         tensor, target = transform(image, target)
         det = model.predict([tensor.to(dev)])[0]
-        keep = det["scores"] >= score_thresh
-        boxes = boxes_to_original(det["boxes"][keep].cpu(), target["scale"])
-        scores, labels = det["scores"][keep].cpu(), det["labels"][keep].cpu()
+        boxes = boxes_to_original(det["boxes"].cpu(), target["scale"])
+        scores, labels = det["scores"].cpu(), det["labels"].cpu()
         images.append(
             {"id": image_id, "file_name": str(path), "height": image.shape[1], "width": image.shape[2]}
         )

@@ -89,13 +89,15 @@ def build_train_loader(cfg: Config, dataset, *, rank: int = 0, world_size: int =
     )
 
 
-def _checkpoint_state(model, optimizer, scheduler, loader, iteration: int, cfg: Config, classes) -> dict:
+def _checkpoint_state(
+    model, optimizer, scheduler, loader_state: dict, rng_state: dict, iteration: int, cfg: Config, classes
+) -> dict:
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "loader": loader.state_dict(),
-        "rng": _rng_state(),
+        "loader": loader_state,
+        "rng": rng_state,
         "iteration": iteration,
         "config": cfg.model_dump(mode="json"),
         "categories": [{"id": c.id, "name": c.name} for c in classes],
@@ -154,23 +156,33 @@ def train(
     (out / "config.yaml").write_text(dump_config(cfg))
     write_json(out / "environment.json", {**environment(), "seed": cfg.train.seed, "device": str(device)})
 
-    def save(iteration: int) -> None:
-        save_checkpoint(
-            ckpt_path,
-            _checkpoint_state(model, optimizer, scheduler, loader, iteration, cfg, train_set.categories),
+    def save(iteration: int, loader_state: dict | None = None, rng_state: dict | None = None) -> None:
+        state = _checkpoint_state(
+            model,
+            optimizer,
+            scheduler,
+            loader_state or loader.state_dict(),
+            rng_state or _rng_state(),
+            iteration,
+            cfg,
+            train_set.categories,
         )
+        save_checkpoint(ckpt_path, state)
 
     total_iters = cfg.train.iterations
     log = (out / "log.jsonl").open("a")
     model.train()
     images_seen, t_start, last_losses = 0, time.perf_counter(), {}
-    it = start
+    it = completed = start
+    snapshot = (loader.state_dict(), _rng_state())
     progress = _progress(console) if show_progress else None
     try:
         if progress:
             progress.start()
             task = progress.add_task("train", total=total_iters, completed=start, rate="", info="")
         for it in range(start, total_iters):
+            # Where this iteration started: an interrupt before its optimizer step resumes from here.
+            snapshot = (loader.state_dict(), _rng_state())
             batch, targets = next(loader)
             batch = batch.to(device, non_blocking=True)
             targets = move_targets(targets, device)
@@ -189,14 +201,14 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
             optimizer.step()
             scheduler.step()
+            completed = done = it + 1
             images_seen += len(batch)
-            done = it + 1
             if done % cfg.train.log_every == 0 or done == total_iters or done == start + 1:
-                last_losses = {k: round(float(v), 5) for k, v in losses.items()}
+                last_losses = {k: round(float(v.detach()), 5) for k, v in losses.items()}
                 elapsed = time.perf_counter() - t_start
                 record = {
                     "iteration": done,
-                    "loss": round(float(total), 5),
+                    "loss": round(float(total.detach()), 5),
                     **last_losses,
                     "lr": optimizer.param_groups[0]["lr"],
                     "images_per_s": round(images_seen / elapsed, 3),
@@ -218,9 +230,12 @@ def train(
     except KeyboardInterrupt:
         if progress:
             progress.stop()
-        save(it)
+        if completed == it + 1:
+            save(completed)
+        else:
+            save(completed, *snapshot)
         console.print(
-            f"interrupted: checkpoint at iteration {it} written to {ckpt_path}; continue with --resume"
+            f"interrupted: checkpoint at iteration {completed} written to {ckpt_path}; continue with --resume"
         )
         raise
     finally:
