@@ -36,7 +36,8 @@ class Category:
 class ImageRecord:
     """One image and its annotations. ``boxes [M, 4]`` xyxy float32, ``labels [M]`` int64 in 0..K-1,
     ``ann_ids [M]`` int64 (the file's annotation ids, or generated ones for VOC/YOLO),
-    ``crowd [C, 4]`` xyxy ignore regions."""
+    ``crowd [C, 4]`` xyxy ignore regions and ``crowd_labels [C]`` their labels (COCO evaluation ignores
+    detections in a crowd region of the same category)."""
 
     id: int
     file: Path
@@ -46,6 +47,7 @@ class ImageRecord:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     ann_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     crowd: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
 
     @property
     def num_objects(self) -> int:
