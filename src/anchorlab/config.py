@@ -101,6 +101,44 @@ class FreeAnchorConfig(_Section):
     reg_weight: float = Field(0.75, ge=0)
 
 
+class FCOSConfig(_Section):
+    """FCOS (``model.detector: fcos``); the box loss is ``model.loss.box`` when an IoU kind, else GIoU."""
+
+    #: Centre sampling radius in strides (None: every point inside the box is a candidate).
+    center_sampling_radius: float | None = Field(1.5, gt=0)
+    #: Per-level ranges of max(l, t, r, b) in pixels; None: FCOS's (0, 64, 128, 256, 512, inf) for P3 up,
+    #: the last level open-ended.
+    regress_ranges: list[tuple[float, float]] | None = None
+    #: Centerness branch on the regression tower (FCOS v2 / mmdetection); False: on the class tower.
+    centerness_on_reg: bool = True
+    #: Distances are relu(scale_l * x) * stride_l ("norm_on_bbox"); False: exp(scale_l * x) * stride_l.
+    norm_on_bbox: bool = True
+
+
+class CenterNetConfig(_Section):
+    """CenterNet (``model.detector: centernet``): head on the finest FPN level (use fpn.min_level 2)."""
+
+    min_overlap: float = Field(0.7, gt=0, lt=1)
+    heatmap_weight: float = Field(1.0, ge=0)
+    size_weight: float = Field(0.1, ge=0)
+    offset_weight: float = Field(1.0, ge=0)
+    #: Peaks kept per image before the score threshold.
+    topk: int = Field(100, gt=0)
+
+
+class GridConfig(_Section):
+    """YOLO-style grid (``model.detector: grid``): one cell per object, nearest-centre collision policy."""
+
+    #: Per-level ranges of max(w, h) in pixels; None: (0, 64), (64, 128), (128, inf) extended by doubling.
+    size_ranges: list[tuple[float, float]] | None = None
+    #: Collision losers try the next coarser, then the next finer level.
+    move_losers: bool = False
+    box_loss: Literal["l1", "iou", "giou", "diou", "ciou"] = "giou"
+    obj_weight: float = Field(1.0, ge=0)
+    cls_weight: float = Field(1.0, ge=0)
+    box_weight: float = Field(5.0, ge=0)
+
+
 class InferenceConfig(_Section):
     score_thresh: float = Field(0.05, ge=0, le=1)
     topk_per_level: int = Field(1000, gt=0)
@@ -120,6 +158,9 @@ class ModelConfig(_Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     free_anchor: FreeAnchorConfig = Field(default_factory=FreeAnchorConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    fcos: FCOSConfig = Field(default_factory=FCOSConfig)
+    centernet: CenterNetConfig = Field(default_factory=CenterNetConfig)
+    grid: GridConfig = Field(default_factory=GridConfig)
     box_coder_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import nn
+
 from anchorlab.anchors import AnchorGenerator
 from anchorlab.boxes import BoxCoder
 from anchorlab.config import Config, ModelConfig
-from anchorlab.models.backbone import build_backbone
+from anchorlab.losses.iou import IOU_KINDS
+from anchorlab.models.backbone import BackboneFPN, build_backbone
 from anchorlab.models.detector import Detector
+from anchorlab.models.heads.centernet import CenterNetHead
+from anchorlab.models.heads.fcos import FCOSHead
+from anchorlab.models.heads.grid import GridHead
 from anchorlab.models.heads.retina import RetinaHead
 
 __all__ = ["DETECTORS", "build_anchor_generator", "build_detector"]
@@ -37,8 +43,9 @@ def build_anchor_generator(cfg: ModelConfig) -> AnchorGenerator:
     )
 
 
-def _retina_family(cfg: ModelConfig, loss_mode: str) -> Detector:
-    backbone = build_backbone(
+def _backbone(cfg: ModelConfig) -> BackboneFPN:
+    """The backbone + FPN every detector shares (``model.backbone``, ``model.fpn``)."""
+    return build_backbone(
         cfg.backbone.name,
         weights=cfg.backbone.weights,
         norm=cfg.backbone.norm,
@@ -47,6 +54,25 @@ def _retina_family(cfg: ModelConfig, loss_mode: str) -> Detector:
         min_level=cfg.fpn.min_level,
         max_level=cfg.fpn.max_level,
     )
+
+
+def _detector(
+    cfg: ModelConfig, backbone: BackboneFPN, head: nn.Module, anchors: AnchorGenerator | None
+) -> Detector:
+    return Detector(
+        backbone,
+        head,
+        anchors,
+        num_classes=cfg.num_classes,
+        pixel_mean=cfg.pixel_mean,
+        pixel_std=cfg.pixel_std,
+        channels_last=cfg.channels_last,
+        inference=cfg.inference.model_dump(),
+    )
+
+
+def _retina_family(cfg: ModelConfig, loss_mode: str) -> Detector:
+    backbone = _backbone(cfg)
     anchors = build_anchor_generator(cfg)
     per_location = set(anchors.num_anchors_per_location())
     if len(per_location) != 1:
@@ -84,16 +110,7 @@ def _retina_family(cfg: ModelConfig, loss_mode: str) -> Detector:
             "reg_weight": fa.reg_weight,
         },
     )
-    return Detector(
-        backbone,
-        head,
-        anchors,
-        num_classes=cfg.num_classes,
-        pixel_mean=cfg.pixel_mean,
-        pixel_std=cfg.pixel_std,
-        channels_last=cfg.channels_last,
-        inference=cfg.inference.model_dump(),
-    )
+    return _detector(cfg, backbone, head, anchors)
 
 
 def _retinanet(cfg: ModelConfig) -> Detector:
@@ -106,10 +123,76 @@ def _free_anchor(cfg: ModelConfig) -> Detector:
     return _retina_family(cfg, "free_anchor")
 
 
+def _fcos(cfg: ModelConfig) -> Detector:
+    """FCOS: points, centre sampling + regress ranges, focal + IoU-family + centerness (``model.fcos``)."""
+    backbone = _backbone(cfg)
+    box_loss = cfg.loss.box if cfg.loss.box in IOU_KINDS else "giou"
+    head = FCOSHead(
+        backbone.out_channels,
+        cfg.num_classes,
+        backbone.strides,
+        channels=cfg.head.channels,
+        num_convs=cfg.head.num_convs,
+        norm=cfg.head.norm,
+        prior_prob=cfg.head.prior_prob,
+        regress_ranges=cfg.fcos.regress_ranges,
+        center_sampling_radius=cfg.fcos.center_sampling_radius,
+        centerness_on_reg=cfg.fcos.centerness_on_reg,
+        norm_on_bbox=cfg.fcos.norm_on_bbox,
+        box_loss=box_loss,
+        focal_alpha=cfg.loss.focal_alpha,
+        focal_gamma=cfg.loss.focal_gamma,
+        cls_weight=cfg.loss.cls_weight,
+        box_weight=cfg.loss.box_weight,
+    )
+    return _detector(cfg, backbone, head, None)
+
+
+def _centernet(cfg: ModelConfig) -> Detector:
+    """CenterNet: heatmap peaks on the finest level (``fpn.min_level: 2`` = stride 4), ``model.centernet``."""
+    backbone = _backbone(cfg)
+    c = cfg.centernet
+    head = CenterNetHead(
+        backbone.out_channels,
+        cfg.num_classes,
+        channels=cfg.head.channels,
+        min_overlap=c.min_overlap,
+        heatmap_weight=c.heatmap_weight,
+        size_weight=c.size_weight,
+        offset_weight=c.offset_weight,
+        topk=c.topk,
+    )
+    return _detector(cfg, backbone, head, None)
+
+
+def _grid(cfg: ModelConfig) -> Detector:
+    """YOLO-style grid: one cell per object, nearest-centre collision policy (``model.grid``)."""
+    backbone = _backbone(cfg)
+    g = cfg.grid
+    head = GridHead(
+        backbone.out_channels,
+        cfg.num_classes,
+        channels=cfg.head.channels,
+        num_convs=cfg.head.num_convs,
+        norm=cfg.head.norm,
+        prior_prob=cfg.head.prior_prob,
+        size_ranges=g.size_ranges,
+        move_losers=g.move_losers,
+        box_loss=g.box_loss,
+        obj_weight=g.obj_weight,
+        cls_weight=g.cls_weight,
+        box_weight=g.box_weight,
+    )
+    return _detector(cfg, backbone, head, None)
+
+
 #: Every detector name ``model.detector`` accepts today, and its constructor.
 DETECTORS: dict[str, Callable[[ModelConfig], Detector]] = {
     "retinanet": _retinanet,
     "free_anchor": _free_anchor,
+    "fcos": _fcos,
+    "centernet": _centernet,
+    "grid": _grid,
 }
 
 
