@@ -139,6 +139,49 @@ class GridConfig(_Section):
     box_weight: float = Field(5.0, ge=0)
 
 
+class RPNConfig(_Section):
+    """Faster R-CNN's region proposal network (``model.detector: faster_rcnn``); anchors: one size per level
+    from ``model.anchors.sizes``, else 8 x stride (32 at P2 .. 512 at P6), ratios ``model.anchors``."""
+
+    pos_iou: float = Field(0.7, ge=0, le=1)
+    neg_iou: float = Field(0.3, ge=0, le=1)
+    #: Anchors sampled per image for the loss, and the largest positive share of them.
+    batch_size_per_image: int = Field(256, gt=0)
+    positive_fraction: float = Field(0.5, ge=0, le=1)
+    #: Candidates per level before NMS, and proposals per image after it: training, then inference.
+    pre_nms_top_n: tuple[int, int] = (2000, 1000)
+    post_nms_top_n: tuple[int, int] = (1000, 1000)
+    nms_iou: float = Field(0.7, gt=0, le=1)
+    min_size: float = Field(1e-3, ge=0)
+    smooth_l1_beta: float = Field(1.0 / 9.0, ge=0)
+    obj_weight: float = Field(1.0, ge=0)
+    box_weight: float = Field(1.0, ge=0)
+
+
+class RoIConfig(_Section):
+    """Faster R-CNN's box head: RoIAlign over P(fpn.min_level)..P(max_level), 2 FC layers."""
+
+    max_level: int = Field(5, ge=2, le=8)
+    pooler_size: int = Field(7, gt=0)
+    sampling_ratio: int = Field(2, ge=0)
+    fc_channels: int = Field(1024, gt=0)
+    pos_iou: float = Field(0.5, ge=0, le=1)
+    batch_size_per_image: int = Field(512, gt=0)
+    positive_fraction: float = Field(0.25, ge=0, le=1)
+    box_coder_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    smooth_l1_beta: float = Field(1.0 / 9.0, ge=0)
+    cls_weight: float = Field(1.0, ge=0)
+    box_weight: float = Field(1.0, ge=0)
+
+
+class HardNegativeConfig(_Section):
+    """SSD hard negative mining (``model.sampler: hard_negative``): softmax over K + 1 classes."""
+
+    #: Hard negatives kept per positive, and at least this many per image (also without positives).
+    neg_pos_ratio: float = Field(3.0, ge=0)
+    min_negatives: int = Field(0, ge=0)
+
+
 class InferenceConfig(_Section):
     score_thresh: float = Field(0.05, ge=0, le=1)
     topk_per_level: int = Field(1000, gt=0)
@@ -161,6 +204,11 @@ class ModelConfig(_Section):
     fcos: FCOSConfig = Field(default_factory=FCOSConfig)
     centernet: CenterNetConfig = Field(default_factory=CenterNetConfig)
     grid: GridConfig = Field(default_factory=GridConfig)
+    rpn: RPNConfig = Field(default_factory=RPNConfig)
+    roi: RoIConfig = Field(default_factory=RoIConfig)
+    #: Dense heads' negatives: "none" (every anchor, focal loss) or "hard_negative" (SSD 3:1, softmax CE).
+    sampler: Literal["none", "hard_negative"] = "none"
+    hnm: HardNegativeConfig = Field(default_factory=HardNegativeConfig)
     box_coder_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -197,6 +245,12 @@ class TrainConfig(_Section):
     steps: list[int] = Field(default_factory=lambda: [60000, 80000])
     gamma: float = Field(0.1, gt=0, le=1)
     clip_grad: float | None = Field(None, gt=0)
+    #: A non-finite loss stops training (keeping the last good checkpoint) or skips that step (counted).
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    #: Mixed precision (torch.autocast: float16 + GradScaler on CUDA, bfloat16 on CPU); losses stay float32.
+    amp: bool = False
+    #: torch.compile the model (opt-in; the first iterations are slow while it compiles).
+    compile: bool = False
     checkpoint_every: int = Field(5000, gt=0)
     eval_every: int | None = Field(None, gt=0)
     log_every: int = Field(20, gt=0)

@@ -8,6 +8,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from anchorlab import distributed as dist_utils
 from anchorlab.config import Config
 from anchorlab.data.core import DetectionSet
 from anchorlab.data.loader import DetectionDataset, build_loader
@@ -35,8 +36,9 @@ def predict_dataset(
 ) -> tuple[list[dict[str, Any]], list[dict[str, torch.Tensor]]]:
     """Detections of every image, in the ORIGINAL image coordinates.
 
-    Returns ``(results, raw)``: COCO result dicts with the file's category ids, and per image the raw
-    ``{"boxes", "scores", "labels"}`` (plus ``pre_nms_*`` when asked) on the CPU.
+    Returns ``(results, raw)``: COCO result dicts with the file's category ids, and per image (in the
+    dataset's order) the raw ``{"boxes", "scores", "labels"}`` (plus ``pre_nms_*`` when asked) on the CPU.
+    Under torchrun every rank predicts its share and every rank gets the gathered whole.
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -49,9 +51,10 @@ def predict_dataset(
         seed=cfg.train.seed,
         size_divisible=2**cfg.model.fpn.max_level,
         device=device,
+        rank=dist_utils.rank(),
+        world_size=dist_utils.world_size(),
     )
-    results: list[dict[str, Any]] = []
-    raw: list[dict[str, torch.Tensor]] = []
+    per_image: dict[int, tuple[list[dict[str, Any]], dict[str, torch.Tensor]]] = {}
     with Progress(console=console or Console(stderr=True), transient=True) as progress:
         task = progress.add_task("evaluate", total=len(dataset))
         for batch, targets in loader:
@@ -65,13 +68,15 @@ def predict_dataset(
                     if key.endswith("boxes"):
                         value = boxes_to_original(value, target["scale"])
                     mapped[key] = value
-                raw.append(mapped)
-                results.extend(
-                    detections_to_coco_results([mapped], [target["image_id"]], dataset.label_to_category_id)
-                )
+                image_id = target["image_id"]
+                coco = detections_to_coco_results([mapped], [image_id], dataset.label_to_category_id)
+                per_image[image_id] = (coco, mapped)
             progress.advance(task, len(batch))
     model.train(was_training)
-    return results, raw
+    if dist_utils.is_distributed():  # the split repeats a few images to even out shares: keyed by id
+        per_image = {k: v for part in dist_utils.gather_objects(per_image) for k, v in part.items()}
+    ordered = [per_image[record.id] for record in dataset.images]
+    return [r for coco, _ in ordered for r in coco], [mapped for _, mapped in ordered]
 
 
 def evaluate_model(
@@ -86,6 +91,8 @@ def evaluate_model(
     if dataset.source is None:
         raise ValueError("evaluation needs the dataset's COCO JSON (DetectionSet.source is not set)")
     results, raw = predict_dataset(model, cfg, dataset, return_pre_nms=with_nms_recall, console=console)
+    if not dist_utils.is_main():
+        return {}
     metrics = coco_metrics(dataset.source, results)
     if with_nms_recall:
         gts = [torch.as_tensor(r.boxes) for r in dataset.images]

@@ -26,7 +26,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from torch.nn.parallel import DistributedDataParallel
 
+from anchorlab import distributed as dist_utils
 from anchorlab.config import Config, dump_config
 from anchorlab.data.loader import InfiniteLoader, build_loader
 from anchorlab.data.transforms import build_transforms
@@ -77,7 +79,7 @@ def build_train_loader(cfg: Config, dataset, *, rank: int = 0, world_size: int =
     return build_loader(
         dataset,
         transforms=transforms,
-        batch_size=cfg.train.batch_size,
+        batch_size=cfg.train.batch_size // world_size,  # train.batch_size is the global batch
         train=True,
         infinite=True,
         workers=cfg.train.workers,
@@ -119,6 +121,14 @@ def _progress(console: Console) -> Progress:
     )
 
 
+def _ranks_in_sync(model: torch.nn.Module) -> bool:
+    """Whether every rank holds bit-identical parameters (a cheap end-of-training check)."""
+    if not dist_utils.is_distributed():
+        return True
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    return all(torch.equal(sums, other) for other in dist_utils.gather_objects(sums))
+
+
 def train(
     cfg: Config,
     *,
@@ -127,18 +137,28 @@ def train(
     console: Console | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Train the configured detector; returns a summary with the final losses, timings and val metrics."""
+    """Train the configured detector; returns a summary with the final losses, timings and val metrics.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank trains on its share of each global batch of
+    ``train.batch_size`` images with ``DistributedDataParallel``; only rank 0 writes files.
+    """
     console = console or Console(stderr=True)
+    rank, world, device = dist_utils.init_from_env(cfg.train.device)
+    main = rank == 0
+    if cfg.train.batch_size % world:
+        raise ValueError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world} processes")
     out = Path(cfg.train.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.train.device)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.train.seed)
 
     train_set, val_set = prepare_data(cfg)
     model = build_detector(cfg).to(device)
+    if world > 1 and device.type == "cuda" and cfg.model.backbone.norm == "bn":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
-    loader = build_train_loader(cfg, train_set)
+    loader = build_train_loader(cfg, train_set, rank=rank, world_size=world)
     ckpt_path = out / "checkpoint.pt"
 
     start = 0
@@ -150,13 +170,27 @@ def train(
         loader.load_state_dict(state["loader"])
         _set_rng_state(state["rng"])
         start = int(state["iteration"])
-        console.print(f"resuming {ckpt_path} at iteration {start}")
-    else:
+        if main:
+            console.print(f"resuming {ckpt_path} at iteration {start}")
+    elif main:
         (out / "log.jsonl").unlink(missing_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
-    write_json(out / "environment.json", {**environment(), "seed": cfg.train.seed, "device": str(device)})
+    if main:
+        (out / "config.yaml").write_text(dump_config(cfg))
+        env = {**environment(), "seed": cfg.train.seed, "device": str(device), "world_size": world}
+        write_json(out / "environment.json", env)
+    net = (
+        DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if world > 1
+        else model
+    )
+    if cfg.train.compile:
+        net = torch.compile(net)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp and device.type == "cuda")
 
     def save(iteration: int, loader_state: dict | None = None, rng_state: dict | None = None) -> None:
+        if not main:
+            return
         state = _checkpoint_state(
             model,
             optimizer,
@@ -170,12 +204,12 @@ def train(
         save_checkpoint(ckpt_path, state)
 
     total_iters = cfg.train.iterations
-    log = (out / "log.jsonl").open("a")
+    log = (out / "log.jsonl").open("a") if main else None
     model.train()
-    images_seen, t_start, last_losses = 0, time.perf_counter(), {}
+    images_seen, skipped_steps, t_start, last_losses = 0, 0, time.perf_counter(), {}
     it = completed = start
     snapshot = (loader.state_dict(), _rng_state())
-    progress = _progress(console) if show_progress else None
+    progress = _progress(console) if show_progress and main else None
     try:
         if progress:
             progress.start()
@@ -186,24 +220,32 @@ def train(
             batch, targets = next(loader)
             batch = batch.to(device, non_blocking=True)
             targets = move_targets(targets, device)
-            losses = model(batch, targets)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.train.amp):
+                losses = net(batch, targets)
             total = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
             if not torch.isfinite(total):
                 bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-                raise TrainingError(
+                message = (
                     f"iteration {it}: loss {', '.join(bad)} is not finite "
-                    f"({', '.join(f'{k}={float(losses[k])}' for k in bad)}); "
-                    f"the last good checkpoint {ckpt_path} is kept"
+                    f"({', '.join(f'{k}={float(losses[k].detach())}' for k in bad)})"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.train.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
-            optimizer.step()
+                if cfg.train.on_nonfinite == "stop":
+                    raise TrainingError(f"{message}; the last good checkpoint {ckpt_path} is kept")
+                skipped_steps += 1
+                if main:
+                    console.print(f"[yellow]warning:[/] {message}: step skipped ({skipped_steps} so far)")
+            else:
+                scaler.scale(total).backward()
+                if cfg.train.clip_grad:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
             scheduler.step()
             completed = done = it + 1
             images_seen += len(batch)
-            if done % cfg.train.log_every == 0 or done == total_iters or done == start + 1:
+            if main and (done % cfg.train.log_every == 0 or done == total_iters or done == start + 1):
                 last_losses = {k: round(float(v.detach()), 5) for k, v in losses.items()}
                 elapsed = time.perf_counter() - t_start
                 record = {
@@ -211,8 +253,10 @@ def train(
                     "loss": round(float(total.detach()), 5),
                     **last_losses,
                     "lr": optimizer.param_groups[0]["lr"],
-                    "images_per_s": round(images_seen / elapsed, 3),
+                    "images_per_s": round(images_seen * world / elapsed, 3),
                     "time": round(elapsed, 3),
+                    "skipped_steps": skipped_steps,
+                    "skipped_images": loader.skipped,
                 }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -234,33 +278,45 @@ def train(
             save(completed)
         else:
             save(completed, *snapshot)
-        console.print(
-            f"interrupted: checkpoint at iteration {completed} written to {ckpt_path}; continue with --resume"
-        )
+        if main:
+            console.print(
+                f"interrupted: checkpoint at iteration {completed} written to {ckpt_path}; "
+                "continue with --resume"
+            )
         raise
     finally:
         if progress:
             progress.stop()
-        log.close()
+        if log is not None:
+            log.close()
 
     train_time = time.perf_counter() - t_start
     summary: dict[str, Any] = {
         "iterations": total_iters,
         "train_time_s": round(train_time, 2),
-        "train_images_per_s": round(images_seen / max(train_time, 1e-9), 3),
+        "train_images_per_s": round(images_seen * world / max(train_time, 1e-9), 3),
         "final_losses": last_losses,
+        "skipped_steps": skipped_steps,
+        "skipped_images": loader.skipped,
         "checkpoint": str(ckpt_path),
+        "world_size": world,
     }
+    if world > 1:
+        summary["ranks_in_sync"] = _ranks_in_sync(model)
     if evaluate and val_set is not None:
         summary["metrics"] = _evaluate_and_log(model, cfg, val_set, out, total_iters, None, console)
-    write_json(out / "summary.json", summary)
+    if main:
+        write_json(out / "summary.json", summary)
     return summary
 
 
 def _evaluate_and_log(model, cfg, val_set, out: Path, iteration: int, log, console: Console) -> dict:
+    """Evaluate on the val split (every rank predicts its share; rank 0 scores and writes)."""
     from anchorlab.engine.evaluate import evaluate_model
 
     metrics = evaluate_model(model, cfg, val_set, console=console)
+    if not dist_utils.is_main():
+        return metrics
     metrics["iteration"] = iteration
     write_json(out / "metrics.json", metrics)
     if log is not None:

@@ -23,6 +23,7 @@ from torchvision.ops import batched_nms
 
 from anchorlab.assign import IGNORE, gather_matched, max_iou_assign, pad_boxes
 from anchorlab.boxes import BoxCoder
+from anchorlab.distributed import mean_across_ranks
 from anchorlab.losses.basic import PositiveNormalizer, l1_loss, sigmoid_focal_loss, smooth_l1_loss
 from anchorlab.losses.free_anchor import free_anchor_loss
 from anchorlab.losses.iou import iou_loss
@@ -225,7 +226,7 @@ class RetinaHead(nn.Module):
             per_anchor = iou_loss(pred_boxes, matched_boxes, kind=self.box_loss)
         loss_box = (per_anchor * positive.to(per_anchor.dtype)).sum()
 
-        num_pos = assignment.num_pos.sum()
+        num_pos = mean_across_ranks(assignment.num_pos.sum())  # every rank divides by the same count
         if self.training:
             self.normalizer.value = self.loss_normalizer
             normalizer = self.normalizer.update(num_pos)
