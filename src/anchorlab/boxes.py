@@ -90,10 +90,13 @@ def clip_boxes(boxes: torch.Tensor, height: float, width: float) -> torch.Tensor
 
 
 def pairwise_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """IoU matrix ``[M, R]`` of ``xyxy`` boxes ``[M, 4]`` and ``[R, 4]``; empty inputs give empty matrices."""
+    """IoU matrix ``[M, R]`` of ``xyxy`` boxes ``[M, 4]`` and ``[R, 4]``; empty inputs give empty matrices.
+
+    Two zero-area boxes have IoU 0 (``box_iou`` divides 0 by 0 there and returns NaN)."""
     if boxes1.numel() == 0 or boxes2.numel() == 0:
         return boxes1.new_zeros((boxes1.shape[0], boxes2.shape[0]))
-    return box_iou(boxes1, boxes2)
+    no_union = (box_area(boxes1)[:, None] <= 0) & (box_area(boxes2)[None, :] <= 0)
+    return box_iou(boxes1, boxes2).masked_fill_(no_union, 0.0)
 
 
 class BoxCoder:

@@ -22,6 +22,22 @@ from anchorlab.data.validate import Checker, FlatSet, ImageCheck, finalize
 __all__ = ["coco_dict", "load_coco", "write_coco"]
 
 _NAN = float("nan")
+_ID_MAX = np.iinfo(np.int64).max
+
+
+def _as_id(value: Any) -> int:
+    """An integer id as stored in int64: ints, integral floats (``3.0``) and integer strings (``"3"``).
+
+    Raises ``TypeError``/``ValueError`` for anything else -- booleans, ``3.5`` (``int()`` would silently
+    make it ``3`` and collide with a real id 3) and ids outside int64 (numpy could not hold them)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"not an integer id: {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"not an integer id: {value!r}")
+    out = int(value)
+    if not -_ID_MAX <= out <= _ID_MAX:
+        raise ValueError(f"id {value!r} is outside the int64 range")
+    return out
 
 
 def _images_base(json_dir: Path, images_dir: Path | None, names: list[str]) -> Path:
@@ -41,8 +57,8 @@ def _parse_categories(data: dict, checker: Checker) -> list[Category]:
     cats: dict[int, Category] = {}
     for k, c in enumerate(data["categories"]):
         try:
-            cat = Category(int(c["id"]), str(c.get("name", c["id"])), str(c.get("supercategory", "")))
-        except (KeyError, TypeError, ValueError, AttributeError):
+            cat = Category(_as_id(c["id"]), str(c.get("name", c["id"])), str(c.get("supercategory", "")))
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             raise checker.fatal("malformed_annotation", f"category #{k} needs an integer id: {c!r}") from None
         if cat.id in cats:
             raise checker.fatal("duplicate_category_id", f"category id {cat.id} is used more than once")
@@ -62,11 +78,11 @@ def _parse_images(
     src = checker.file
     for k, im in enumerate(images):
         try:
-            iid, name = int(im["id"]), im["file_name"]
+            iid, name = _as_id(im["id"]), im["file_name"]
             if not isinstance(name, str):
                 raise TypeError
             w, h = float(im.get("width", _NAN)), float(im.get("height", _NAN))
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             checker.flag(
                 "malformed_annotation", f"image entry #{k} needs an integer id and a file_name: {im!r}"
             )
@@ -89,8 +105,13 @@ def _parse_annotations(
             if len(b) != 4:
                 raise ValueError
             bx = [float(v) for v in b]
-            row = (int(a["id"]), int(a["image_id"]), int(a["category_id"]), bool(a.get("iscrowd", 0)))
-        except (KeyError, TypeError, ValueError, AttributeError):
+            row = (
+                _as_id(a["id"]),
+                _as_id(a["image_id"]),
+                _as_id(a["category_id"]),
+                bool(a.get("iscrowd", 0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             ann = a.get("id") if isinstance(a, dict) and isinstance(a.get("id"), int) else None
             msg = f"annotation #{k} needs id, image_id, category_id and a 4-number bbox: {a!r}"
             checker.flag("malformed_annotation", msg[:300], annotation=ann)

@@ -120,8 +120,12 @@ class Checker:
         return action
 
     def fatal(self, kind: str, message: str, **where) -> DataError:
-        """Flag a problem the loader cannot go past (a file that cannot be parsed) and return the error."""
-        self.flag(kind, message, **where)
+        """Flag a problem the loader cannot go past (a file that cannot be parsed) and return the error.
+
+        The problem is an error whatever the policy says for its kind: the load stops here."""
+        file = where.pop("file", None)
+        problem = Problem(kind, message, self.file if file is None else str(file), Action.ERROR, **where)
+        self.report.add(problem)
         return DataError(f"{self.file}: cannot load", self.report.errors)
 
     def finish(self, report: ProblemReport | None) -> None:

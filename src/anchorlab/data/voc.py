@@ -74,7 +74,7 @@ def _parse_file(xml: Path, checker: Checker) -> tuple[str, float, float, list[tu
                 raise KeyError("name")
             difficult = int(float(obj.findtext("difficult") or 0)) == 1
             x1, y1, x2, y2 = (_num(obj, f"bndbox/{t}") for t in ("xmin", "ymin", "xmax", "ymax"))
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, OverflowError) as exc:  # int(inf) overflows
             checker.flag(
                 "malformed_annotation",
                 f"object #{k} needs a name and bndbox/xmin..ymax numbers ({exc})",

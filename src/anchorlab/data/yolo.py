@@ -61,7 +61,12 @@ def _label_path(image: Path) -> Path:
 def _parse_labels(path: Path, key: str, checker: Checker) -> list[tuple[int, list[float], int]]:
     """``[(class, [cx, cy, w, h] normalised, line)]`` from one label file."""
     rows = []
-    for ln, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        checker.flag("malformed_label", f"cannot read the label file: {exc}", file=path, image=key)
+        return rows
+    for ln, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
@@ -70,7 +75,7 @@ def _parse_labels(path: Path, key: str, checker: Checker) -> list[tuple[int, lis
             cls = int(vals[0])
             if cls != vals[0] or not (len(vals) == 5 or (len(vals) >= 7 and len(vals) % 2 == 1)):
                 raise ValueError
-        except ValueError:
+        except (ValueError, OverflowError):  # int(inf) overflows
             msg = f"expected `class cx cy w h` or `class x1 y1 x2 y2 ...`, got {line.strip()[:80]!r}"
             checker.flag("malformed_label", msg, file=path, image=key, line=ln)
             continue

@@ -1,0 +1,90 @@
+"""``anchorlab compare``: train and evaluate several detectors on the same data, one table and report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from anchorlab.cli.app import app
+from anchorlab.cli.evaluate import fail
+
+__all__ = ["compare_command"]
+
+EXAMPLES = """\
+Examples:
+
+  anchorlab compare --detectors retinanet,free_anchor --budget quick --out runs/compare
+
+  anchorlab compare --data train.json --val val.json --budget standard --set train.batch_size=8
+
+Budgets: quick (built-in synthetic data, CPU minutes), tiny (seconds, for tests), standard (COCO 1x, GPU).
+Re-running reuses finished runs whose config did not change; --fresh retrains them.
+Writes OUT/results.json, OUT/report.md, OUT/report.html (self-contained) and the plots.
+"""
+
+
+@app.command("compare", epilog=EXAMPLES)
+def compare_command(
+    detectors: str | None = typer.Option(
+        None, "--detectors", help="Comma-separated detector names (default: every detector anchorlab has)."
+    ),
+    budget: str = typer.Option("quick", "--budget", help="quick | tiny | standard (data + schedule preset)."),
+    data: Path | None = typer.Option(None, "--data", help="COCO training JSON (replaces the budget's data)."),
+    val: Path | None = typer.Option(None, "--val", help="COCO val JSON every detector is evaluated on."),
+    out: Path = typer.Option(
+        Path("runs/compare"), "--out", help="Output folder (one sub-folder per detector)."
+    ),
+    fresh: bool = typer.Option(False, "--fresh", help="Retrain every detector, even finished runs."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Base config YAML whose data: and train: sections replace the budget's."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="torch CPU threads for the whole comparison (default: torch's choice)."
+    ),
+    set_: list[str] = typer.Option(
+        None, "--set", help="Override key.path=value for every detector (repeatable)."
+    ),
+) -> None:
+    """Train and evaluate detectors side by side on the same data, backbone, schedule and seed."""
+    from anchorlab.compare.presets import BUDGETS
+    from anchorlab.compare.run import compare
+    from anchorlab.config import ConfigError
+    from anchorlab.data.core import DataError
+    from anchorlab.models.build import DETECTORS
+
+    names = [d.strip() for d in detectors.split(",") if d.strip()] if detectors else list(DETECTORS)
+    unknown = [d for d in names if d not in DETECTORS]
+    if unknown or not names:
+        fail(
+            f"unknown detector {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"available detectors: {', '.join(DETECTORS)}"
+        )
+    if budget not in BUDGETS:
+        fail(f"unknown budget {budget!r}; available budgets: {', '.join(BUDGETS)}")
+    console = Console(stderr=True)
+    try:
+        results = compare(
+            names,
+            budget=budget,
+            data=data,
+            val=val,
+            out=out,
+            fresh=fresh,
+            base_config=config,
+            overrides=list(set_ or []),
+            threads=threads,
+            console=console,
+        )
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    console.print(f"report: {results['files']['report_html']} and {results['files']['report_md']}")
+    failed = [d for d, r in results["runs"].items() if r.get("status") != "ok"]
+    if failed:
+        fail(
+            f"{len(failed)} of {len(names)} detectors failed ({', '.join(failed)}); see the table and "
+            f"{out}/<detector>/error.txt"
+        )

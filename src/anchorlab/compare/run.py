@@ -1,0 +1,391 @@
+"""``compare``: train and evaluate several detectors on the same data, schedule and seed, then report.
+
+For each detector: resolve its config (the budget's shared data + train blocks, its own model section,
+the user's overrides), train it into ``OUT/<detector>/`` with ``engine.train``, evaluate it on the val
+split (COCO metrics, NMS recall, the IoU-0.5 precision-recall curve), time batch-1 inference and count
+parameters and forward FLOPs. A detector that fails is recorded with its error and the others go on; a
+finished run whose resolved config (and data files) did not change is reused unless ``fresh``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import statistics
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from torch.utils.flop_counter import FlopCounterMode
+
+from anchorlab.compare.presets import budget_tree, check_budget, has_preset, model_tree
+from anchorlab.config import Config, ConfigError, apply_overrides, config_from_dict
+from anchorlab.data.core import DetectionSet
+from anchorlab.data.loader import read_rgb
+from anchorlab.engine.common import ensure_synthetic, environment, load_split, write_json
+
+__all__ = ["compare", "config_hash", "json_safe", "measure_speed", "pr_curve", "resolve_config"]
+
+#: Inference timing: images timed (batch 1) after this many warm-up passes.
+SPEED_IMAGES = 10
+SPEED_WARMUP = 3
+
+
+def resolve_config(
+    detector: str,
+    *,
+    budget: str = "quick",
+    data: str | Path | None = None,
+    val: str | Path | None = None,
+    base_config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    out: str | Path = "runs/compare",
+) -> Config:
+    """The config ``detector`` trains with: the budget's (or ``base_config``'s) data + train sections,
+    the detector's preset model section, ``overrides`` (``key=value``), ``train.out = OUT/<detector>``."""
+    check_budget(budget)
+    tree: dict[str, Any] = budget_tree(budget)
+    val_from_base = False
+    if base_config is not None:
+        path = Path(base_config)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping (data:, train:)")
+        for section in ("data", "train"):
+            if section in loaded:
+                tree[section] = copy.deepcopy(loaded[section])
+                val_from_base |= section == "data"
+    if data is not None:
+        tree["data"]["train"] = str(data)
+        tree["data"]["synthetic"] = None
+        if val is None and not val_from_base:
+            tree["data"]["val"] = None  # the budget's val split belongs to its own data
+    if val is not None:
+        tree["data"]["val"] = str(val)
+    tree["model"] = model_tree(detector, budget)
+    apply_overrides(tree, list(overrides))
+    tree["train"]["out"] = str(Path(out) / detector)
+    cfg = config_from_dict(tree, source=f"compare {detector} ({budget} budget)")
+    if cfg.data.train is None:
+        raise ConfigError(f"the {budget} budget has no training data: pass --data TRAIN.json (COCO)")
+    if cfg.data.val is None:
+        raise ConfigError("compare evaluates every detector on one val split: pass --val VAL.json (COCO)")
+    return cfg
+
+
+def config_hash(cfg: Config) -> str:
+    """Hash of the resolved config (without ``train.out``) and the size + mtime of the data JSONs."""
+    tree = cfg.model_dump(mode="json")
+    tree["train"].pop("out", None)
+    files = {}
+    for name in (cfg.data.train, cfg.data.val):
+        path = Path(name) if name else None
+        if path is not None and path.is_file():
+            stat = path.stat()
+            files[name] = [stat.st_size, stat.st_mtime_ns]
+    blob = json.dumps({"config": tree, "files": files}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pr_curve(details: dict[str, Any], iou: float = 0.5) -> dict[str, Any]:
+    """Precision over COCO's 101 recall points at ``iou`` (area all, 100 detections), averaged over the
+    categories that have ground truth; from ``coco_eval_details``."""
+    precision = np.asarray(details["precision"])  # [T, R, K, A, M]
+    t = int(np.argmin(np.abs(np.asarray(details["iou_thresholds"]) - iou)))
+    area = list(details["area_ranges"]).index("all")
+    p = precision[t, :, :, area, -1]  # [R, K]
+    valid = (p > -1).all(axis=0)  # categories with ground truth
+    mean = p[:, valid].mean(axis=1) if valid.any() else np.full(p.shape[0], np.nan)
+    return {
+        "iou": float(details["iou_thresholds"][t]),
+        "recall": [round(float(r), 4) for r in details["recall_thresholds"]],
+        "precision": [None if np.isnan(v) else round(float(v), 5) for v in mean],
+    }
+
+
+def _evaluate(model: torch.nn.Module, cfg: Config, val_set: DetectionSet, console: Console):
+    """COCO metrics + NMS recall (as ``engine.evaluate.evaluate_model(with_nms_recall=True)``) and the PR
+    curve from ONE pass over the val split; returns ``(metrics, coco_results)``."""
+    from anchorlab.engine.evaluate import predict_dataset
+    from anchorlab.evaluation import coco_eval_details, coco_metrics, nms_recall
+
+    results, raw = predict_dataset(model, cfg, val_set, return_pre_nms=True, console=console)
+    metrics = coco_metrics(val_set.source, results)
+    metrics["nms_recall"] = nms_recall(
+        [torch.as_tensor(r.boxes) for r in val_set.images],
+        [r["pre_nms_boxes"] for r in raw],
+        [r["boxes"] for r in raw],
+        gt_labels=[torch.as_tensor(r.labels) for r in val_set.images],
+        pre_labels=[r["pre_nms_labels"] for r in raw],
+        post_labels=[r["labels"] for r in raw],
+    )
+    metrics["num_detections"] = len(results)
+    metrics["pr_curve"] = pr_curve(coco_eval_details(val_set.source, results))
+    return metrics, results
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_speed(
+    model: torch.nn.Module,
+    cfg: Config,
+    val_set: DetectionSet,
+    *,
+    images: int = SPEED_IMAGES,
+    warmup: int = SPEED_WARMUP,
+) -> dict[str, Any]:
+    """Batch-1 inference time (median ms/image over the first ``images`` val images after ``warmup``
+    passes; eval mode, resized tensors on the device, pre- and post-processing included), parameters and
+    forward GFLOPs of one image at the eval size (``torch.utils.flop_counter``; a multiply-add = 2)."""
+    from anchorlab.engine.evaluate import eval_transforms
+
+    model.eval()
+    device = next(model.parameters()).device
+    transform = eval_transforms(cfg)
+    tensors = []
+    for record in val_set.images[: max(1, images)]:
+        target = {
+            "boxes": torch.zeros((0, 4)),
+            "labels": torch.zeros((0,), dtype=torch.int64),
+            "crowd": torch.zeros((0, 4)),
+            "image_id": record.id,
+        }
+        tensor, _ = transform(read_rgb(record.file), target)
+        tensors.append(tensor.to(device))
+    for _ in range(warmup):
+        model.predict([tensors[0]])
+    times = []
+    for tensor in tensors:
+        _sync(device)
+        start = time.perf_counter()
+        model.predict([tensor])
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    with FlopCounterMode(display=False) as counter:
+        model([tensors[0]])
+    div = getattr(model, "size_divisible", 1)
+    h, w = (int(s) for s in tensors[0].shape[-2:])
+    return {
+        "inference_ms": round(1000 * statistics.median(times), 3),
+        "timed_images": len(times),
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 4),
+        "gflops": round(counter.get_total_flops() / 1e9, 4),
+        "eval_size": [-(-h // div) * div, -(-w // div) * div],
+    }
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN and infinities -> None, numpy scalars -> Python numbers, recursively: strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _run_one(
+    detector: str, cfg: Config, out: Path, *, fresh: bool, console: Console, show_progress: bool
+) -> dict[str, Any]:
+    """Train, evaluate and time one detector (or reuse its finished run); never raises on its failure."""
+    from anchorlab.engine.predict import load_trained
+    from anchorlab.engine.train import train
+
+    run_dir = out / detector
+    result_path = run_dir / "result.json"
+    digest = config_hash(cfg)
+    if not fresh and result_path.is_file():
+        previous = json.loads(result_path.read_text())
+        if previous.get("status") == "ok" and previous.get("config_hash") == digest:
+            console.print(f"[dim]{detector}: finished run with the same config in {run_dir}, reused[/]")
+            return {**previous, "run_dir": str(run_dir), "reused": True}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path.unlink(missing_ok=True)
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    result: dict[str, Any] = {"detector": detector, "config_hash": digest, "run_dir": str(run_dir)}
+    try:
+        summary = train(cfg, evaluate=False, console=console, show_progress=show_progress)
+        model, _, _ = load_trained(run_dir / "checkpoint.pt", cfg.train.device)
+        val_set = load_split(cfg, "val")
+        metrics, detections = _evaluate(model, cfg, val_set, console)
+        write_json(run_dir / "detections.json", detections)
+        write_json(run_dir / "metrics.json", json_safe(metrics))
+        result.update(
+            status="ok",
+            error=None,
+            metrics=metrics,
+            iterations=summary["iterations"],
+            train_time_s=summary["train_time_s"],
+            train_images_per_s=summary["train_images_per_s"],
+            final_losses=summary["final_losses"],
+            **measure_speed(model, cfg, val_set),
+        )
+    except Exception as exc:  # one detector's failure must not stop the comparison
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        console.print(f"[bold red]{detector} failed[/]: {result['error']} (traceback: {run_dir}/error.txt)")
+    result = json_safe(result)
+    write_json(result_path, result)
+    return {**result, "reused": False}
+
+
+def _assignment(cfg: Config, out: Path, console: Console) -> dict[str, Any]:
+    """``assignment_report`` of the training split under ``cfg`` (cached in OUT/assignment.json)."""
+    from anchorlab.report import assignment_report
+
+    path, digest = out / "assignment.json", config_hash(cfg)
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("config_hash") == digest:
+            return cached
+    try:
+        with console.status("assignment report of the training split"):
+            report = assignment_report(load_split(cfg, "train"), cfg)
+        report = {"config_hash": digest, "model": "the budget's retinanet model section", **report}
+    except Exception as exc:  # the report is a summary of the data: the trained runs stay valid
+        console.print(f"[bold red]assignment report failed[/]: {type(exc).__name__}: {exc}")
+        report = {"config_hash": None, "error": f"{type(exc).__name__}: {exc}"}
+    report = json_safe(report)
+    write_json(path, report)
+    return report
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def compare(
+    detectors: Sequence[str],
+    *,
+    budget: str = "quick",
+    data: str | Path | None = None,
+    val: str | Path | None = None,
+    out: str | Path = "runs/compare",
+    fresh: bool = False,
+    base_config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    threads: int | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train + evaluate ``detectors`` side by side; writes OUT/results.json, OUT/report.md, OUT/report.html
+    and the plots, prints the table, and returns the results dict (``runs[detector]`` per detector).
+
+    ``threads`` sets ``torch.set_num_threads`` for the whole comparison (restored after; None: torch's
+    default); the count is recorded in ``results["environment"]["threads"]``.
+    Raises ``ValueError`` for unknown detector names and ``ConfigError`` when no detector's config
+    resolves (a bad ``--set`` or missing data); a single detector's failure is recorded, not raised.
+    """
+    from anchorlab.compare.report import print_table, write_report
+    from anchorlab.models.build import DETECTORS
+
+    console = console or Console(stderr=True)
+    detectors = list(dict.fromkeys(detectors))
+    unknown = [d for d in detectors if d not in DETECTORS]
+    if unknown or not detectors:
+        raise ValueError(
+            f"unknown detector {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"available detectors: {', '.join(DETECTORS)}"
+        )
+    check_budget(budget)
+    out = Path(out)
+    kwargs = {"budget": budget, "data": data, "val": val, "base_config": base_config, "overrides": overrides}
+    configs: dict[str, Config | ConfigError] = {}
+    for det in detectors:
+        try:
+            configs[det] = resolve_config(det, out=out, **kwargs)
+        except ConfigError as exc:
+            configs[det] = exc
+    resolved = [c for c in configs.values() if isinstance(c, Config)]
+    if not resolved:
+        raise next(iter(configs.values()))  # type: ignore[misc]
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_synthetic(resolved[0])  # before hashing: the data files' mtimes are part of the hash
+
+    runs: dict[str, dict[str, Any]] = {}
+    progress = _progress(console) if show_progress else None
+    threads_before = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    if progress:
+        progress.start()
+        task = progress.add_task("compare", total=len(detectors))
+    try:
+        for i, det in enumerate(detectors):
+            if progress:
+                progress.update(task, description=f"compare [{i + 1}/{len(detectors)}] {det}")
+            cfg = configs[det]
+            if isinstance(cfg, ConfigError):
+                runs[det] = {"detector": det, "status": "failed", "error": f"ConfigError: {cfg}"}
+            else:
+                runs[det] = _run_one(det, cfg, out, fresh=fresh, console=console, show_progress=show_progress)
+            runs[det]["preset"] = "own" if has_preset(det) else "shared (no preset of its own)"
+            if progress:
+                progress.advance(task)
+        if progress:
+            progress.update(task, description="compare: report")
+        shared = resolved[0]
+        try:
+            retina = resolve_config("retinanet", out=out, **kwargs)
+            assignment = _assignment(retina, out, console)
+        except ConfigError as exc:
+            assignment = {"error": f"ConfigError: {exc}"}
+        results: dict[str, Any] = {
+            "budget": budget,
+            "detectors": detectors,
+            "out": str(out),
+            "data": {"train": shared.data.train, "val": shared.data.val, "images": shared.data.images},
+            "shared": {
+                "data": shared.data.model_dump(mode="json"),
+                "train": {k: v for k, v in shared.train.model_dump(mode="json").items() if k != "out"},
+            },
+            "runs": runs,
+            "assignment": assignment,
+            "environment": environment(),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        results["files"] = {k: str(v) for k, v in write_report(results, out).items()}
+        results = json_safe(results)
+        write_json(out / "results.json", results)
+    finally:
+        torch.set_num_threads(threads_before)
+        if progress:
+            progress.stop()
+    print_table(results, console)
+    return results
