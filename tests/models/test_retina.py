@@ -261,8 +261,13 @@ def test_free_anchor_mode_trains() -> None:
     assert sum(history[-5:]) / 5 < 0.5 * sum(history[:5]) / 5, history  # measured ~0.2
 
 
-def test_build_errors_and_explicit_anchor_sizes() -> None:
-    with pytest.raises(ValueError, match="available detectors: retinanet, free_anchor"):
+def test_build_errors_and_explicit_anchor_sizes(monkeypatch) -> None:
+    from anchorlab.models import build
+
+    monkeypatch.delitem(build.DETECTORS, "fcos")
+    with pytest.raises(
+        ValueError, match=r"'fcos' is not available; available detectors: retinanet, free_anchor"
+    ):
         build_detector(ModelConfig(detector="fcos", num_classes=2))
     with pytest.raises(ValueError, match=r"model\.num_classes is not set"):
         build_detector(Config())

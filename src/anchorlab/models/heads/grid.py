@@ -1,0 +1,240 @@
+"""YOLO-style grid head: on every FPN level each cell predicts objectness, K class scores and one box.
+
+* A small tower shared across levels (``num_convs`` 3x3 convs) and one 3x3 predictor with ``1 + K + 4``
+  channels per cell: objectness, classes, ``(tx, ty, tw, th)``. Objectness and class biases start at the
+  prior probability.
+* Box coding (YOLOX's anchor-free form, cell ``(gx, gy)`` of stride ``s``): centre
+  ``((gx + sigmoid(tx)) s, (gy + sigmoid(ty)) s)`` -- always inside the cell that predicts it -- and size
+  ``(exp(tw) s, exp(th) s)``, i.e. ``tw = log(w / s)``.
+* Assignment (``grid_assign``): the level whose size range holds ``max(w, h)``, the cell holding the
+  centre; when several centres share a cell the one nearest the **cell centre** wins (never "the last
+  one written", seed 002); optionally the losers move to a neighbour level (``move_losers``). The
+  number of final losers of the last batch is in ``last_stats`` (detached, not a loss).
+* Loss: objectness BCE over all cells (assigned cells are positives), class BCE over positives, box loss
+  over positives -- ``"l1"`` on ``(sigmoid(tx), sigmoid(ty), tw, th)`` against the encoded targets, or an
+  IoU kind (``iou | giou | diou | ciou``) on decoded boxes; each summed and divided by the positives.
+* Inference: score ``sigmoid(obj) * sigmoid(cls)``, per-level top-k, decode, clip, class-wise NMS.
+
+Predictions and targets use one flat order: level-major, then ``(y, x)`` (``flatten_levels`` and
+``grid_assign`` both), pinned by a test. Shape legend (DESIGN.md): B images, M objects, R cells, K classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anchorlab.anchors import grid_points
+from anchorlab.assign import gather_matched, grid_assign, pad_boxes
+from anchorlab.distributed import mean_across_ranks
+from anchorlab.losses.basic import l1_loss
+from anchorlab.losses.iou import iou_loss
+from anchorlab.models.heads.fcos import default_regress_ranges, select_detections
+from anchorlab.models.heads.retina import _tower, flatten_levels
+
+__all__ = ["GRID_BOX_LOSSES", "GridHead", "GridPriors", "default_size_ranges"]
+
+GRID_BOX_LOSSES = ("l1", "iou", "giou", "diou", "ciou")
+_MAX_LOG_SIZE = math.log(1e4)  # exp(tw) never overflows, whatever an untrained head predicts
+
+
+class GridPriors(NamedTuple):
+    """The cells: ``corners [R, 2]`` ``(gx s, gy s)`` (top-left), ``strides [R]``, and the levels'
+    ``feature_sizes`` / ``level_strides`` that ``grid_assign`` needs."""
+
+    corners: torch.Tensor
+    strides: torch.Tensor
+    feature_sizes: list[tuple[int, int]]
+    level_strides: list[int]
+
+
+def default_size_ranges(num_levels: int) -> list[tuple[float, float]]:
+    """``(0, 64), (64, 128), ...`` with the last level open-ended (``YOLO_SIZE_RANGES`` for 3 levels)."""
+    return default_regress_ranges(num_levels)
+
+
+class GridHead(nn.Module):
+    """Shared tower + ``1 + K + 4`` predictor per cell on every level; see the module docstring.
+
+    Args:
+        in_channels: channels of every FPN level.
+        num_classes: foreground classes ``K``.
+        channels, num_convs, norm: the shared tower ("none" | "gn" | "bn").
+        prior_prob: initial objectness and class probability.
+        size_ranges: per-level ``(lo, hi)`` of ``max(w, h)`` in pixels; None: ``default_size_ranges``.
+        move_losers: collision losers try the neighbour levels (``grid_assign``).
+        box_loss: one of ``GRID_BOX_LOSSES``.
+        obj_weight, cls_weight, box_weight: multiply the three losses.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        channels: int = 256,
+        num_convs: int = 2,
+        norm: str = "gn",
+        prior_prob: float = 0.01,
+        size_ranges: Sequence[tuple[float, float]] | None = None,
+        move_losers: bool = False,
+        box_loss: str = "giou",
+        obj_weight: float = 1.0,
+        cls_weight: float = 1.0,
+        box_weight: float = 5.0,
+    ) -> None:
+        super().__init__()
+        if box_loss not in GRID_BOX_LOSSES:
+            raise ValueError(f"grid box_loss {box_loss!r} is not one of {', '.join(GRID_BOX_LOSSES)}")
+        self.num_classes = num_classes
+        self.tower = _tower(in_channels, channels, num_convs, norm)
+        last = channels if num_convs > 0 else in_channels
+        self.pred = nn.Conv2d(last, 1 + num_classes + 4, 3, padding=1)
+        nn.init.normal_(self.pred.weight, std=0.01)
+        nn.init.zeros_(self.pred.bias)
+        with torch.no_grad():
+            self.pred.bias[: 1 + num_classes] = -math.log((1 - prior_prob) / prior_prob)
+        self.size_ranges = None if size_ranges is None else [(float(a), float(b)) for a, b in size_ranges]
+        self.move_losers = move_losers
+        self.box_loss = box_loss
+        self.obj_weight, self.cls_weight, self.box_weight = obj_weight, cls_weight, box_weight
+        #: Detached statistics of the last ``loss`` call: ``collisions`` (final losers), ``moved``,
+        #: ``num_pos`` (python ints).
+        self.last_stats: dict[str, int] = {}
+
+    def forward(self, features: Sequence[torch.Tensor]) -> dict[str, Any]:
+        """``features [B, C, H_l, W_l]`` per level -> ``obj_logits [B, R]``, ``cls_logits [B, R, K]``,
+        ``box_raw [B, R, 4]`` ``(tx, ty, tw, th)`` and ``num_priors_per_level``."""
+        flat = flatten_levels([self.pred(self.tower(f)) for f in features], 1 + self.num_classes + 4)
+        return {
+            "obj_logits": flat[..., 0],
+            "cls_logits": flat[..., 1 : 1 + self.num_classes],
+            "box_raw": flat[..., 1 + self.num_classes :],
+            "num_priors_per_level": [int(f.shape[-2] * f.shape[-1]) for f in features],
+        }
+
+    def priors(
+        self,
+        feature_sizes: Sequence[tuple[int, int]],
+        strides: Sequence[int],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> GridPriors:
+        """The cells of every level, in the outputs' order."""
+        corners, point_strides = grid_points(feature_sizes, strides, device=device, dtype=dtype, offset=0.0)
+        return GridPriors(
+            corners, point_strides, [(int(h), int(w)) for h, w in feature_sizes], [int(s) for s in strides]
+        )
+
+    @staticmethod
+    def decode(box_raw: torch.Tensor, corners: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
+        """``(tx, ty, tw, th) [..., 4]`` at cells ``corners [..., 2]`` of ``strides [...]`` -> xyxy."""
+        s = strides[..., None]
+        centre = corners + box_raw[..., :2].sigmoid() * s
+        half = box_raw[..., 2:].clamp(max=_MAX_LOG_SIZE).exp() * s / 2
+        return torch.cat((centre - half, centre + half), dim=-1)
+
+    # -- training ----------------------------------------------------------------------------------
+    def loss(
+        self, outputs: dict[str, Any], priors: GridPriors, targets: Sequence[dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """``loss_obj``, ``loss_cls``, ``loss_box`` for per-image ``targets`` (``boxes [M_i, 4]`` xyxy,
+        ``labels [M_i]``); updates ``last_stats``."""
+        obj, cls_logits, box_raw = outputs["obj_logits"], outputs["cls_logits"], outputs["box_raw"]
+        if len(targets) != obj.shape[0]:
+            raise ValueError(f"got {len(targets)} targets for a batch of {obj.shape[0]} images")
+        if priors.corners.shape[0] != obj.shape[1]:
+            raise ValueError(f"got {priors.corners.shape[0]} cells for {obj.shape[1]} head outputs per image")
+        dtype, device = priors.corners.dtype, priors.corners.device
+        gt_boxes = [t["boxes"].to(device=device, dtype=dtype) for t in targets]
+        ranges = self.size_ranges or default_size_ranges(len(priors.level_strides))
+        assignment = grid_assign(
+            gt_boxes,
+            priors.feature_sizes,
+            priors.level_strides,
+            size_ranges=ranges,
+            move_losers_to_neighbour_level=self.move_losers,
+        )
+        matched = assignment.matched  # [B, R]
+        positive = matched >= 0
+        num_pos = positive.sum()
+        normalizer = mean_across_ranks(num_pos).to(obj.dtype).clamp(min=1)  # the same on every rank
+        self.last_stats = {
+            "collisions": int(assignment.collisions.sum()),
+            "moved": int(assignment.moved.sum()),
+            "num_pos": int(num_pos),
+        }
+
+        loss_obj = F.binary_cross_entropy_with_logits(obj, positive.to(obj.dtype), reduction="sum")
+
+        boxes, labels, _ = pad_boxes(gt_boxes, [t["labels"] for t in targets], device=device, dtype=dtype)
+        pos_labels = gather_matched(labels, matched, fill=-1)[positive]  # [P]
+        cls_target = pos_labels[:, None] == torch.arange(self.num_classes, device=device)
+        pos_cls = cls_logits[positive]  # [P, K]
+        loss_cls = F.binary_cross_entropy_with_logits(pos_cls, cls_target.to(pos_cls.dtype), reduction="sum")
+
+        gt = gather_matched(boxes, matched)[positive]  # [P, 4]
+        raw = box_raw[positive]
+        corners, strides = (
+            priors.corners.expand(obj.shape[0], -1, -1)[positive],
+            priors.strides.expand_as(obj)[positive],
+        )
+        if self.box_loss == "l1":
+            s = strides[:, None]
+            centre, size = (gt[:, :2] + gt[:, 2:]) / 2, (gt[:, 2:] - gt[:, :2]).clamp(min=1e-6)
+            target = torch.cat(((centre - corners) / s, (size / s).log()), dim=-1)
+            pred = torch.cat((raw[:, :2].sigmoid(), raw[:, 2:]), dim=-1)
+            per_cell = l1_loss(pred, target).sum(-1)
+        else:
+            per_cell = iou_loss(self.decode(raw, corners, strides), gt, kind=self.box_loss)
+        return {
+            "loss_obj": self.obj_weight * loss_obj / normalizer,
+            "loss_cls": self.cls_weight * loss_cls / normalizer,
+            "loss_box": self.box_weight * per_cell.sum() / normalizer,
+        }
+
+    # -- inference ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def postprocess(
+        self,
+        outputs: dict[str, Any],
+        priors: GridPriors,
+        image_sizes: Sequence[tuple[int, int]],
+        *,
+        score_thresh: float = 0.05,
+        topk_per_level: int = 1000,
+        nms_iou: float = 0.5,
+        max_detections: int = 100,
+        return_pre_nms: bool = False,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Detections per image (``boxes [D, 4]`` xyxy clipped, ``scores [D]``, ``labels [D]``,
+        ``D <= max_detections``); score ``sigmoid(obj) * sigmoid(cls)``, per-level top-k, NMS."""
+        cls_logits, box_raw = outputs["cls_logits"], outputs["box_raw"]
+        num_images, num_cells, num_classes = cls_logits.shape
+        scores_all = outputs["obj_logits"].sigmoid()[..., None] * cls_logits.sigmoid()
+        cand_boxes, cand_scores, cand_labels = [], [], []
+        start = 0
+        for count in outputs.get("num_priors_per_level") or [num_cells]:
+            scores = scores_all[:, start : start + count].reshape(num_images, count * num_classes)
+            top, index = scores.topk(min(topk_per_level, count * num_classes), dim=1)  # [B, k]
+            cell = index // num_classes + start
+            raw = box_raw.gather(1, cell[..., None].expand(-1, -1, 4))
+            cand_boxes.append(self.decode(raw, priors.corners[cell], priors.strides[cell]))
+            cand_scores.append(top)
+            cand_labels.append(index % num_classes)
+            start += count
+        return select_detections(
+            torch.cat(cand_boxes, dim=1),
+            torch.cat(cand_scores, dim=1),
+            torch.cat(cand_labels, dim=1),
+            image_sizes,
+            score_thresh=score_thresh,
+            nms_iou=nms_iou,
+            max_detections=max_detections,
+            return_pre_nms=return_pre_nms,
+        )
