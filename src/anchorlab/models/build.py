@@ -15,6 +15,7 @@ from anchorlab.config import Config, ModelConfig
 from anchorlab.losses.iou import IOU_KINDS
 from anchorlab.models.backbone import BackboneFPN, build_backbone
 from anchorlab.models.detector import Detector
+from anchorlab.models.faster_rcnn import build_dense_hnm, build_faster_rcnn
 from anchorlab.models.heads.centernet import CenterNetHead
 from anchorlab.models.heads.fcos import FCOSHead
 from anchorlab.models.heads.grid import GridHead
@@ -114,7 +115,10 @@ def _retina_family(cfg: ModelConfig, loss_mode: str) -> Detector:
 
 
 def _retinanet(cfg: ModelConfig) -> Detector:
-    """RetinaNet: max-IoU assignment, focal loss, box regression (``model.loss``, ``model.assign``)."""
+    """RetinaNet: max-IoU assignment, focal loss, box regression (``model.loss``, ``model.assign``);
+    with ``model.sampler: hard_negative`` softmax cross-entropy with SSD's 3:1 hard negative mining."""
+    if cfg.sampler == "hard_negative":
+        return build_dense_hnm(cfg, build_anchor_generator(cfg))
     return _retina_family(cfg, "focal")
 
 
@@ -193,6 +197,7 @@ DETECTORS: dict[str, Callable[[ModelConfig], Detector]] = {
     "fcos": _fcos,
     "centernet": _centernet,
     "grid": _grid,
+    "faster_rcnn": build_faster_rcnn,
 }
 
 
@@ -205,6 +210,11 @@ def build_detector(cfg: Config | ModelConfig) -> Detector:
         raise ValueError(
             f"model.detector {model_cfg.detector!r} is not available; "
             f"available detectors: {', '.join(DETECTORS)}"
+        )
+    if model_cfg.sampler != "none" and model_cfg.detector != "retinanet":
+        raise ValueError(
+            f"model.sampler {model_cfg.sampler!r} applies to the retinanet detector only, "
+            f"not {model_cfg.detector!r}; use model.sampler=none"
         )
     if model_cfg.num_classes is None:
         raise ValueError(
