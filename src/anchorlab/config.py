@@ -106,8 +106,8 @@ class FCOSConfig(_Section):
 
     #: Centre sampling radius in strides (None: every point inside the box is a candidate).
     center_sampling_radius: float | None = Field(1.5, gt=0)
-    #: Per-level ranges of max(l, t, r, b) in pixels; None: FCOS's (0, 64, 128, 256, 512, inf) for P3 up,
-    #: the last level open-ended.
+    #: Per-level ranges of max(l, t, r, b) in pixels; None: (4 s, 8 s) per stride s, the first from 0 and
+    #: the last to inf (FCOS's (0, 64, 128, 256, 512, inf) for P3-P7).
     regress_ranges: list[tuple[float, float]] | None = None
     #: Centerness branch on the regression tower (FCOS v2 / mmdetection); False: on the class tower.
     centerness_on_reg: bool = True
@@ -129,7 +129,8 @@ class CenterNetConfig(_Section):
 class GridConfig(_Section):
     """YOLO-style grid (``model.detector: grid``): one cell per object, nearest-centre collision policy."""
 
-    #: Per-level ranges of max(w, h) in pixels; None: (0, 64), (64, 128), (128, inf) extended by doubling.
+    #: Per-level ranges of max(w, h) in pixels; None: [4 s, 8 s) per stride s, the first from 0 and the
+    #: last to inf ((0, 64), (64, 128), (128, inf) for P3-P5).
     size_ranges: list[tuple[float, float]] | None = None
     #: Collision losers try the next coarser, then the next finer level.
     move_losers: bool = False
@@ -256,6 +257,9 @@ class TrainConfig(_Section):
     log_every: int = Field(20, gt=0)
     seed: int = 0
     workers: int = Field(2, ge=0)
+    #: torch intra-op threads on CPU; None: the cores left after the data workers (at least 1). Two
+    #: compute threads plus a worker on 2 cores run 5-10x slower than one thread plus the worker.
+    threads: int | None = Field(None, gt=0)
     device: str = "auto"
     out: str = "runs/default"
 

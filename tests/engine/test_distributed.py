@@ -44,6 +44,7 @@ def _config(tmp_path: Path, synth) -> Path:
             "train.schedule=constant",
             "train.log_every=1",
             "train.device=cpu",
+            "train.threads=1",  # the same kernels in both runs
         ],
     )
     path = tmp_path / "cfg.yaml"

@@ -27,6 +27,7 @@ def test_trained_retinanet_beats_untrained_on_val(tmp_path):
             "train.workers=0",
             "train.log_every=50",
             "train.device=cpu",
+            "train.threads=1",
             f"train.out={tmp_path / 'run'}",
         ],
     )

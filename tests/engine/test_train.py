@@ -46,6 +46,7 @@ def tiny(synth, out: Path, *extra: str):
             "train.checkpoint_every=3",
             "train.log_every=1",
             "train.device=cpu",
+            "train.threads=1",
             f"train.out={out}",
             *extra,
         ],

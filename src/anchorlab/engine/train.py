@@ -10,6 +10,7 @@ schedule, RNG states and the data loader's position are all restored.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -151,7 +152,28 @@ def train(
     if main:
         out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.train.seed)
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu":
+        share = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(cfg.train.threads or max(1, share - cfg.train.workers))
+    try:
+        return _train(cfg, resume, evaluate, console, show_progress, rank, world, device)
+    finally:
+        torch.set_num_threads(threads_before)
 
+
+def _train(
+    cfg: Config,
+    resume: bool,
+    evaluate: bool,
+    console: Console,
+    show_progress: bool,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    main = rank == 0
+    out = Path(cfg.train.out)
     train_set, val_set = prepare_data(cfg)
     model = build_detector(cfg).to(device)
     if world > 1 and device.type == "cuda" and cfg.model.backbone.norm == "bn":
