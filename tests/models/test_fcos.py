@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+from anchorlab.assign import FCOS_REGRESS_RANGES
 from anchorlab.config import ModelConfig
 from anchorlab.models import Detector, build_detector
 from anchorlab.models.heads.fcos import FCOSHead, default_regress_ranges
@@ -107,8 +108,9 @@ def test_outputs_are_flattened_in_the_points_order() -> None:
 
 
 def test_default_regress_ranges() -> None:
-    assert default_regress_ranges(3) == [(0, 64), (64, 128), (128, math.inf)]
-    assert default_regress_ranges(5)[3:] == [(256, 512), (512, math.inf)]
+    assert default_regress_ranges([8, 16, 32]) == [(0, 64), (64, 128), (128, math.inf)]
+    assert default_regress_ranges([8, 16, 32, 64, 128]) == list(FCOS_REGRESS_RANGES)
+    assert default_regress_ranges([4, 8]) == [(0, 32), (32, math.inf)]
     with pytest.raises(ValueError, match="3 regress ranges for 2 levels"):
         FCOSHead(8, 2, [8, 16], regress_ranges=[(0, 1), (1, 2), (2, 3)])
     with pytest.raises(ValueError, match="box_loss 'l1'"):

@@ -42,12 +42,13 @@ from anchorlab.models.heads.retina import _tower, flatten_levels
 __all__ = ["FCOSHead", "default_regress_ranges", "distances_to_boxes", "select_detections"]
 
 
-def default_regress_ranges(num_levels: int) -> list[tuple[float, float]]:
-    """FCOS's ranges (``FCOS_REGRESS_RANGES``) for ``num_levels`` levels, finest first: ``(0, 64),
-    (64, 128), ...``, the last one open-ended (so P3-P5 gives ``(0, 64), (64, 128), (128, inf)``)."""
-    if num_levels < 1:
-        raise ValueError(f"need at least one level, got {num_levels}")
-    bounds = [0.0] + [64.0 * 2**i for i in range(num_levels - 1)] + [math.inf]
+def default_regress_ranges(strides: Sequence[int]) -> list[tuple[float, float]]:
+    """``(4 s, 8 s)`` per level of stride ``s`` (finest first), the first opened down to 0 and the last up
+    to infinity: ``FCOS_REGRESS_RANGES`` for P3-P7, ``(0, 64), (64, 128), (128, inf)`` for P3-P5 (the
+    ranges ``anchorlab assign-report`` uses too)."""
+    if len(strides) < 1:
+        raise ValueError("need at least one level")
+    bounds = [0.0] + [8.0 * s for s in strides[:-1]] + [math.inf]
     return list(itertools.pairwise(bounds))
 
 
@@ -133,7 +134,7 @@ class FCOSHead(nn.Module):
             raise ValueError(f"FCOS box_loss {box_loss!r} is not one of {', '.join(IOU_KINDS)}")
         self.num_classes = num_classes
         self.strides = [int(s) for s in strides]
-        ranges = list(regress_ranges) if regress_ranges is not None else default_regress_ranges(len(strides))
+        ranges = list(regress_ranges) if regress_ranges is not None else default_regress_ranges(strides)
         if len(ranges) != len(self.strides):
             raise ValueError(
                 f"got {len(ranges)} regress ranges for {len(self.strides)} levels {self.strides}"

@@ -53,9 +53,10 @@ class GridPriors(NamedTuple):
     level_strides: list[int]
 
 
-def default_size_ranges(num_levels: int) -> list[tuple[float, float]]:
-    """``(0, 64), (64, 128), ...`` with the last level open-ended (``YOLO_SIZE_RANGES`` for 3 levels)."""
-    return default_regress_ranges(num_levels)
+def default_size_ranges(strides: Sequence[int]) -> list[tuple[float, float]]:
+    """``[4 s, 8 s)`` per level of stride ``s``, the first from 0 and the last to infinity
+    (``YOLO_SIZE_RANGES`` for strides 8, 16, 32; the ranges ``anchorlab assign-report`` uses)."""
+    return default_regress_ranges(strides)
 
 
 class GridHead(nn.Module):
@@ -152,7 +153,7 @@ class GridHead(nn.Module):
             raise ValueError(f"got {priors.corners.shape[0]} cells for {obj.shape[1]} head outputs per image")
         dtype, device = priors.corners.dtype, priors.corners.device
         gt_boxes = [t["boxes"].to(device=device, dtype=dtype) for t in targets]
-        ranges = self.size_ranges or default_size_ranges(len(priors.level_strides))
+        ranges = self.size_ranges or default_size_ranges(priors.level_strides)
         assignment = grid_assign(
             gt_boxes,
             priors.feature_sizes,
