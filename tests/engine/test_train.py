@@ -2,6 +2,7 @@
 non-finite losses, predict and eval from the CLI."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from anchorlab.data import make_synthetic
 from anchorlab.engine import train as train_module
 from anchorlab.engine.checkpoint import load_checkpoint
 from anchorlab.engine.train import TrainingError, train
+from anchorlab.models import build_detector
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +177,15 @@ def test_cli_train_eval_predict(synth, tmp_path):
 
     bad = runner.invoke(app, ["train", str(cfg_path), "--set", "model.hed=1"])
     assert bad.exit_code == 1 and "did you mean 'head'" in bad.stderr
+
+
+def test_mixed_precision_keeps_losses_float32(synth, tmp_path):
+    cfg = tiny(synth, tmp_path / "amp", "train.amp=true", "train.iterations=2")
+    summary = train(cfg, evaluate=False, show_progress=False)
+    assert all(math.isfinite(v) for v in summary["final_losses"].values())
+    model = build_detector(cfg).train()
+    images = [torch.rand(3, 96, 96)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([1])}]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, targets)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())

@@ -200,11 +200,14 @@ def _train(
         (out / "config.yaml").write_text(dump_config(cfg))
         env = {**environment(), "seed": cfg.train.seed, "device": str(device), "world_size": world}
         write_json(out / "environment.json", env)
-    net = (
-        DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-        if world > 1
-        else model
-    )
+    net: torch.nn.Module = model
+    if world > 1:
+        net = DistributedDataParallel(
+            model,
+            device_ids=[device] if device.type == "cuda" else None,
+            # CenterNet's head reads P2 only: the FPN's coarser output convs get no gradient
+            find_unused_parameters=cfg.model.detector == "centernet",
+        )
     if cfg.train.compile:
         net = torch.compile(net)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16

@@ -9,7 +9,8 @@ Head protocol (any head with these methods plugs in; see ``docs/retinanet.md``):
 
 * ``head(features: list[[B, C, H_l, W_l]]) -> outputs`` (a dict of raw tensors flattened over priors in
   level-major, then ``(y, x)``, then per-location order);
-* ``head.loss(outputs, priors, targets) -> dict[str, Tensor]`` (weighted; the total is their sum);
+* ``head.loss(outputs, priors, targets) -> dict[str, Tensor]`` (weighted; the total is their sum; a
+  ``loss`` that also takes ``image_sizes`` gets each image's true ``(h, w)``);
 * ``head.postprocess(outputs, priors, image_sizes, **inference) -> list[dict]``;
 * priors: the ``prior_generator``'s ``grid_anchors(feature_sizes, device, dtype)`` (anchors) or, when the
   head defines it, ``head.priors(feature_sizes, strides, device, dtype)`` (points, or ``None`` for heads
@@ -18,6 +19,7 @@ Head protocol (any head with these methods plugs in; see ``docs/retinanet.md``):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +30,17 @@ from torch import nn
 from anchorlab.data.batch import ImageBatch, pad_images
 
 __all__ = ["Detector"]
+
+
+def _float32(outputs: Any) -> Any:
+    """Raw head outputs (tensors in dicts/lists) with half-precision floats cast to float32."""
+    if torch.is_tensor(outputs):
+        return outputs.float() if outputs.is_floating_point() and outputs.dtype != torch.float64 else outputs
+    if isinstance(outputs, dict):
+        return {k: _float32(v) for k, v in outputs.items()}
+    if isinstance(outputs, list | tuple):
+        return type(outputs)(_float32(v) for v in outputs)
+    return outputs
 
 
 class Detector(nn.Module):
@@ -68,6 +81,7 @@ class Detector(nn.Module):
         self.strides: list[int] = list(backbone.strides)
         self.size_divisible = int(size_divisible or max(self.strides))
         self.inference = dict(inference or {})
+        self._loss_takes_sizes = "image_sizes" in inspect.signature(head.loss).parameters
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1), persistent=False)
         self.channels_last = False
@@ -109,10 +123,31 @@ class Detector(nn.Module):
     def priors(self, features: Sequence[torch.Tensor]) -> Any:
         """Priors for the feature maps (anchors ``[R, 4]``, points, or whatever the head uses)."""
         feature_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
-        ref = features[0]
+        device = features[0].device
+        dtype = torch.promote_types(features[0].dtype, torch.float32)  # never half precision (autocast)
         if hasattr(self.head, "priors"):
-            return self.head.priors(feature_sizes, self.strides, ref.device, ref.dtype)
-        return self.anchor_generator.grid_anchors(feature_sizes, device=ref.device, dtype=ref.dtype)
+            return self.head.priors(feature_sizes, self.strides, device, dtype)
+        return self.anchor_generator.grid_anchors(feature_sizes, device=device, dtype=dtype)
+
+    def _heads(
+        self,
+        batch: ImageBatch,
+        targets: Sequence[dict[str, torch.Tensor]] | None,
+        inference: dict[str, Any],
+    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        """Backbone and head (under any autocast), then loss or post-processing in float32."""
+        features = list(self.backbone(batch.tensor))
+        outputs = self.head(features)
+        priors = self.priors(features)
+        device_type = batch.tensor.device.type
+        if torch.is_autocast_enabled(device_type):
+            outputs = _float32(outputs)
+        with torch.autocast(device_type, enabled=False):
+            if targets is None:
+                return self.head.postprocess(outputs, priors, batch.sizes, **inference)
+            if self._loss_takes_sizes:  # e.g. Faster R-CNN clips proposals to each image
+                return self.head.loss(outputs, priors, targets, image_sizes=batch.sizes)
+            return self.head.loss(outputs, priors, targets)
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(
@@ -123,13 +158,7 @@ class Detector(nn.Module):
         """Train mode: ``dict`` of losses (``targets`` required). Eval mode: detections per image."""
         if self.training and targets is None:
             raise ValueError("Detector in train mode needs targets; call model.eval() for detections")
-        batch = self.preprocess(images)
-        features = list(self.backbone(batch.tensor))
-        outputs = self.head(features)
-        priors = self.priors(features)
-        if self.training:
-            return self.head.loss(outputs, priors, targets)
-        return self.head.postprocess(outputs, priors, batch.sizes, **self.inference)
+        return self._heads(self.preprocess(images), targets if self.training else None, self.inference)
 
     @torch.no_grad()
     def predict(
@@ -139,10 +168,7 @@ class Detector(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            batch = self.preprocess(images)
-            features = list(self.backbone(batch.tensor))
-            outputs = self.head(features)
             kwargs = {**self.inference, "return_pre_nms": True} if return_pre_nms else self.inference
-            return self.head.postprocess(outputs, self.priors(features), batch.sizes, **kwargs)
+            return self._heads(self.preprocess(images), None, kwargs)
         finally:
             self.train(was_training)

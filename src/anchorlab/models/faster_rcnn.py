@@ -6,9 +6,9 @@ computes the RPN losses, turns the RPN outputs into detached proposals and train
 them; ``postprocess`` does the same at inference. Its priors are the RPN anchors (one size per level x 3
 ratios) from the ``Detector``'s anchor generator.
 
-The protocol's ``loss`` receives no image sizes; ``FasterRCNN`` (a ``Detector``) passes them so that
-training proposals are clipped to each image as at inference. Called without them (a plain ``Detector``),
-proposals are clipped to the padded batch canvas.
+``loss`` takes an optional ``image_sizes``, which the ``Detector`` passes to heads whose ``loss`` accepts
+it, so that training proposals are clipped to each image as at inference (without them, to the padded
+batch canvas).
 
 ``build_faster_rcnn(cfg)`` and ``build_dense_hnm(cfg)`` (RetinaNet + SSD hard negative mining) translate a
 ``ModelConfig``; ``models/build.py`` maps detector names to them.
@@ -25,14 +25,13 @@ from torch import nn
 from anchorlab.anchors import AnchorGenerator
 from anchorlab.boxes import BoxCoder
 from anchorlab.config import ModelConfig
-from anchorlab.data.batch import ImageBatch
 from anchorlab.models.backbone import BackboneFPN, build_backbone
 from anchorlab.models.detector import Detector
 from anchorlab.models.heads.hnm import HardNegativeHead
 from anchorlab.models.heads.roi import RoIBoxHead
 from anchorlab.models.heads.rpn import RegionProposalNetwork
 
-__all__ = ["FasterRCNN", "FasterRCNNHead", "build_dense_hnm", "build_faster_rcnn"]
+__all__ = ["FasterRCNNHead", "build_dense_hnm", "build_faster_rcnn"]
 
 
 class FasterRCNNHead(nn.Module):
@@ -120,24 +119,6 @@ class FasterRCNNHead(nn.Module):
         )
 
 
-class FasterRCNN(Detector):
-    """A ``Detector`` that also gives its head the image sizes in training (proposals clipped per image)."""
-
-    def forward(
-        self,
-        images: Sequence[torch.Tensor] | ImageBatch,
-        targets: Sequence[dict[str, torch.Tensor]] | None = None,
-    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        if not self.training:
-            return super().forward(images, targets)
-        if targets is None:
-            raise ValueError("Detector in train mode needs targets; call model.eval() for detections")
-        batch = self.preprocess(images)
-        features = list(self.backbone(batch.tensor))
-        outputs = self.head(features)
-        return self.head.loss(outputs, self.priors(features), targets, image_sizes=batch.sizes)
-
-
 def _backbone(cfg: ModelConfig) -> BackboneFPN:
     return build_backbone(
         cfg.backbone.name,
@@ -216,7 +197,7 @@ def build_faster_rcnn(cfg: ModelConfig) -> Detector:
         box_weight=o.box_weight,
     )
     head = FasterRCNNHead(rpn, roi, backbone.strides[0])
-    return FasterRCNN(backbone, head, anchors, **_detector_kwargs(cfg))
+    return Detector(backbone, head, anchors, **_detector_kwargs(cfg))
 
 
 def build_dense_hnm(cfg: ModelConfig, anchors: AnchorGenerator) -> Detector:
