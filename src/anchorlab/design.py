@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from anchorlab.anchors import AnchorGenerator
+from anchorlab.data.batch import size_divisor
 from anchorlab.data.core import DetectionSet
 
 __all__ = [
@@ -448,8 +449,9 @@ def coverage(
 ) -> Coverage:
     """Best possible recall of ``generator``'s anchors on the real grid of each padded image.
 
-    Each image is padded to a multiple of ``size_divisible`` (default: the largest stride, as the
-    detector does); level ``l`` has ``ceil(H / stride_l) x ceil(W / stride_l)`` locations. Rather than
+    Each image is padded to a multiple of ``size_divisible`` (default: ``size_divisor`` of the largest
+    stride, as the detector does); level ``l`` has ``ceil(H / stride_l) x ceil(W / stride_l)``
+    locations. Rather than
     all ``R`` anchors, each object is compared with the anchors of the grid
     window that can matter -- exactly: the 2x2 locations nearest its centre hold its best anchor of
     each shape (IoU falls with |dx| and |dy|), and an anchor with IoU >= t has its centre inside the box
@@ -463,7 +465,7 @@ def coverage(
         data = resize_boxes(data, min_size=min_size, max_size=max_size)
     boxes, n = data.boxes, len(data.boxes)
     strides = generator.strides
-    div = size_divisible or max(strides)
+    div = size_divisible or size_divisor(max(strides))
     padded = np.ceil(data.image_sizes / div) * div  # [B, 2] (h, w)
     best = np.zeros(n)
     best_level = np.zeros(n, np.int64)

@@ -7,7 +7,17 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ImageBatch", "pad_images"]
+__all__ = ["ImageBatch", "pad_images", "size_divisor"]
+
+
+def size_divisor(max_stride: int) -> int:
+    """What batches are padded to: the largest stride, but at most 32.
+
+    Priors come from the real feature-map sizes and the FPN resizes top-down to each lateral's size, so
+    padding to P6/P7's 64/128 buys nothing and costs compute (a 320 px image padded to 384 trained 1.44x
+    slower).
+    """
+    return min(int(max_stride), 32)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from rich.progress import Progress
 
 from anchorlab import distributed as dist_utils
 from anchorlab.config import Config
+from anchorlab.data.batch import size_divisor
 from anchorlab.data.core import DetectionSet
 from anchorlab.data.loader import DetectionDataset, build_loader
 from anchorlab.data.transforms import boxes_to_original, build_transforms
@@ -49,7 +50,7 @@ def predict_dataset(
         train=False,
         workers=min(cfg.train.workers, 2),
         seed=cfg.train.seed,
-        size_divisible=2**cfg.model.fpn.max_level,
+        size_divisible=size_divisor(2**cfg.model.fpn.max_level),
         device=device,
         rank=dist_utils.rank(),
         world_size=dist_utils.world_size(),

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from anchorlab import distributed as dist_utils
 from anchorlab.config import Config, dump_config
+from anchorlab.data.batch import size_divisor
 from anchorlab.data.loader import InfiniteLoader, build_loader
 from anchorlab.data.transforms import build_transforms
 from anchorlab.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -85,7 +86,7 @@ def build_train_loader(cfg: Config, dataset, *, rank: int = 0, world_size: int =
         infinite=True,
         workers=cfg.train.workers,
         seed=cfg.train.seed,
-        size_divisible=2**cfg.model.fpn.max_level,
+        size_divisible=size_divisor(2**cfg.model.fpn.max_level),
         device=resolve_device(cfg.train.device),
         rank=rank,
         world_size=world_size,

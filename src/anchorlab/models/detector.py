@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anchorlab.data.batch import ImageBatch, pad_images
+from anchorlab.data.batch import ImageBatch, pad_images, size_divisor
 
 __all__ = ["Detector"]
 
@@ -53,7 +53,8 @@ class Detector(nn.Module):
             the head has a ``priors`` method.
         num_classes: foreground classes ``K``.
         pixel_mean, pixel_std: per-channel normalisation of 0..1 inputs.
-        size_divisible: batches are padded to a multiple of it (default: the largest stride).
+        size_divisible: batches are padded to a multiple of it (default: ``size_divisor`` of the
+            largest stride, i.e. at most 32).
         channels_last: run the model and its inputs in ``torch.channels_last`` memory format.
         inference: keyword arguments of ``head.postprocess`` (score_thresh, nms_iou, ...).
     """
@@ -79,7 +80,7 @@ class Detector(nn.Module):
         self.anchor_generator = anchor_generator
         self.num_classes = num_classes
         self.strides: list[int] = list(backbone.strides)
-        self.size_divisible = int(size_divisible or max(self.strides))
+        self.size_divisible = int(size_divisible or size_divisor(max(self.strides)))
         self.inference = dict(inference or {})
         self._loss_takes_sizes = "image_sizes" in inspect.signature(head.loss).parameters
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), persistent=False)

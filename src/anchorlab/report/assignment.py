@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from anchorlab.config import Config
+from anchorlab.data.batch import size_divisor
 from anchorlab.data.core import DetectionSet, ImageRecord
 from anchorlab.data.transforms import shortest_edge_size
 from anchorlab.report import sparse
@@ -78,7 +79,7 @@ def _resize(ds: DetectionSet, cfg: Config, indices: Sequence[int]) -> _Resized:
     """The evaluation resize (shorter side ``max(min_size)``, capped at ``max_size``) of ``indices``;
     boxes clamped to the image, those under 1 px dropped (as ``DetectionTransform``)."""
     short = cfg.data.min_size if isinstance(cfg.data.min_size, int) else max(cfg.data.min_size)
-    div = 2**cfg.model.fpn.max_level
+    div = size_divisor(2**cfg.model.fpn.max_level)
     recs = [ds.images[i] for i in indices]
     sizes = np.array([shortest_edge_size(r.height, r.width, short, cfg.data.max_size) for r in recs]).reshape(
         -1, 2

@@ -1,0 +1,138 @@
+"""Benchmark: RetinaNet R50-FPN inference, batch 1, 512 px: the whole model and its post-processing alone.
+
+Whole model: ``model([image])`` in eval mode under ``torch.no_grad`` for torchvision's
+``retinanet_resnet50_fpn`` (``min_size = max_size = 512``, no resize) and anchorlab's ``retinanet`` with
+the same architecture (NCHW and channels_last). Random-init models score every anchor near the
+classification prior (0.01 < the 0.05 threshold), so their post-processing has almost nothing to do.
+
+Post-processing alone (decode + top-k + class-wise NMS): both implementations get the **same** head
+outputs and the **same** anchors (torchvision's), with logits drawn so that candidates exist:
+
+* ``dense``: logits ~ N(-4.6, 1.5): every level has more than 1000 (anchor, class) scores above 0.05,
+  so both keep 1000 per level (5000 boxes into NMS) - the worst case of the standard settings;
+* ``sparse``: logits ~ N(-6, 1): about 0.1 % above 0.05 (~2000 candidates, P3 capped at 1000), closer
+  to a trained model.
+
+Box deltas ~ N(0, 0.1) decode with weights (1, 1, 1, 1) on both sides (anchorlab built with
+``model.box_coder_stds=[1,1,1,1]``), so the detections must agree; the script asserts it.
+torchvision: ``model.postprocess_detections`` (score > 0.05, top 1000 per level, NMS 0.5, 100 per image:
+``detections_per_img=100`` instead of its default 300, to match);
+anchorlab: ``Detector.head.postprocess`` with the same settings.
+
+Run: ``.venv/bin/python bench/bench_inference.py [--threads 2] [--reps 7]``
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torchvision.models.detection import retinanet_resnet50_fpn
+
+from anchorlab.config import load_config
+from anchorlab.models import build_detector
+from common import interleaved, load_average, median_ms, random_images, setup, spread, table
+
+SIZE = 512
+K = 80
+
+
+def build_ours(channels_last: bool):
+    overrides = [
+        "model.detector=retinanet", f"model.num_classes={K}", "model.backbone.name=resnet50",
+        "model.backbone.norm=bn", "model.fpn.channels=256", "model.head.channels=256",
+        "model.head.num_convs=4", "model.head.norm=none", "model.loss.box=l1",
+        "model.box_coder_stds=[1,1,1,1]", f"model.channels_last={str(channels_last).lower()}",
+    ]  # fmt: skip
+    torch.manual_seed(0)
+    return build_detector(load_config(None, overrides)).eval()
+
+
+def head_case(theirs, image: torch.Tensor, mean: float, std: float, seed: int = 0):
+    """Shared inputs: per-level counts, logits ``[1, R, K]``, deltas ``[1, R, 4]``, anchors ``[R, 4]``."""
+    with torch.no_grad():
+        image_list, _ = theirs.transform([image])
+        features = list(theirs.backbone(image_list.tensors).values())
+        anchors = theirs.anchor_generator(image_list, features)[0]
+    per_level = [int(f.shape[-2] * f.shape[-1]) * 9 for f in features]
+    g = torch.Generator().manual_seed(seed)
+    logits = mean + std * torch.randn(1, anchors.shape[0], K, generator=g)
+    deltas = 0.1 * torch.randn(1, anchors.shape[0], 4, generator=g)
+    return per_level, logits, deltas, anchors, image_list.image_sizes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=7)
+    args = parser.parse_args()
+    print(setup(args.threads))
+    torch.manual_seed(0)
+    theirs = retinanet_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=K,
+        min_size=SIZE,
+        max_size=SIZE,
+        detections_per_img=100,
+    ).eval()
+    ours = {"ours_nchw": build_ours(False), "ours_cl": build_ours(True)}
+    image = random_images(1, SIZE)[0]
+
+    with torch.no_grad():
+        fns = {"torchvision": lambda: theirs([image])}
+        fns.update({name: (lambda m=m: m([image])) for name, m in ours.items()})
+        total = interleaved(fns, reps=args.reps, warmup=1)
+    tv_total = median_ms(total["torchvision"])
+    total_rows = [
+        [name, f"{median_ms(t):.0f}", f"{median_ms(t) / tv_total:.2f}", spread(t)]
+        for name, t in total.items()
+    ]
+    print(total_rows, flush=True)
+
+    post_rows = []
+    head = ours["ours_cl"].head
+    for case, (mean, std) in {"dense": (-4.6, 1.5), "sparse": (-6.0, 1.0)}.items():
+        per_level, logits, deltas, anchors, image_sizes = head_case(theirs, image, mean, std)
+        tv_outputs = {
+            "cls_logits": list(logits.split(per_level, dim=1)),
+            "bbox_regression": list(deltas.split(per_level, dim=1)),
+        }
+        tv_anchors = [list(anchors.split(per_level))]
+        our_outputs = {"cls_logits": logits, "box_deltas": deltas, "num_priors_per_level": per_level}
+        candidates = sum(min(1000, int((lv.sigmoid() > 0.05).sum())) for lv in logits.split(per_level, dim=1))
+
+        def run_tv(o=tv_outputs, a=tv_anchors, s=image_sizes):
+            return theirs.postprocess_detections(o, a, s)
+
+        def run_ours(o=our_outputs, a=anchors, s=image_sizes):
+            return head.postprocess(o, a, s, score_thresh=0.05, topk_per_level=1000, nms_iou=0.5,
+                                    max_detections=100)  # fmt: skip
+
+        a, b = run_tv()[0], run_ours()[0]
+        assert a["boxes"].shape == b["boxes"].shape, (a["boxes"].shape, b["boxes"].shape)
+        torch.testing.assert_close(a["scores"], b["scores"])
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
+        assert torch.equal(a["labels"], b["labels"])
+        with torch.no_grad():
+            t = interleaved({"torchvision": run_tv, "ours": run_ours}, reps=max(3 * args.reps, 15), warmup=2)
+        tv, us = median_ms(t["torchvision"]), median_ms(t["ours"])
+        post_rows.append(
+            [case, candidates, len(b["boxes"]), f"{tv:.1f}", f"{us:.1f}", f"{us / tv:.2f}",
+             f"{100 * tv / tv_total:.1f} %", f"{100 * us / median_ms(total['ours_cl']):.1f} %"]
+        )  # fmt: skip
+        print(post_rows[-1], flush=True)
+
+    print(f"\nload average after: {load_average()}\n")
+    print(f"Inference, batch 1, {SIZE} px, whole model (median ms; ratio = / torchvision)\n")
+    print(table(["variant", "ms", "ratio", "spread"], total_rows))
+    print(
+        "\nPost-processing alone (decode + top-k + NMS) on identical head outputs; "
+        "detections asserted equal\n"
+    )
+    print(table(["logits", "candidates into NMS", "detections", "torchvision ms", "ours ms", "ratio",
+                 "tv share of total", "ours share of total (CL)"], post_rows))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
