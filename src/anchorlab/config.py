@@ -257,8 +257,8 @@ class TrainConfig(_Section):
     log_every: int = Field(20, gt=0)
     seed: int = 0
     workers: int = Field(2, ge=0)
-    #: torch intra-op threads on CPU; None: the cores left after the data workers (at least 1). Two
-    #: compute threads plus a worker on 2 cores run 5-10x slower than one thread plus the worker.
+    #: torch intra-op threads on CPU; None: the machine's cores divided among torchrun's local processes.
+    #: On a CPU shared with other jobs, 1 can be several times faster (threads wait for each other).
     threads: int | None = Field(None, gt=0)
     device: str = "auto"
     out: str = "runs/default"

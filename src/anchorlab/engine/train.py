@@ -156,7 +156,7 @@ def train(
     threads_before = torch.get_num_threads()
     if device.type == "cpu":
         share = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(cfg.train.threads or max(1, share - cfg.train.workers))
+        torch.set_num_threads(cfg.train.threads or max(1, share))
     try:
         return _train(cfg, resume, evaluate, console, show_progress, rank, world, device)
     finally:
