@@ -16,8 +16,9 @@ from anchorlab.assign.sampling import sample_pos_neg
 from anchorlab.config import ModelConfig
 from anchorlab.data import load_coco, make_synthetic
 from anchorlab.evaluation import coco_metrics, detections_to_coco_results
+from anchorlab.models import build_detector
 from anchorlab.models.detector import Detector
-from anchorlab.models.faster_rcnn import FasterRCNNHead, build_faster_rcnn
+from anchorlab.models.faster_rcnn import FasterRCNNHead
 from anchorlab.models.heads.roi import RoIBoxHead, assign_proposals
 from anchorlab.models.heads.rpn import RegionProposalNetwork, nms_per_image
 
@@ -144,7 +145,7 @@ def test_roi_losses_by_hand() -> None:
 
 def test_loss_keys_finite_and_backward() -> None:
     torch.manual_seed(0)
-    model = build_faster_rcnn(tiny_config(num_classes=3))
+    model = build_detector(tiny_config(num_classes=3))
     assert isinstance(model, Detector) and isinstance(model.head, FasterRCNNHead)
     images = [torch.rand(3, 96, 96), torch.rand(3, 80, 112)]
     targets = [
@@ -203,7 +204,7 @@ def trained(tmp_path_factory, one_thread):
     )
     images, targets, dataset = load_images(paths.train)
     torch.manual_seed(0)
-    model = build_faster_rcnn(tiny_config(num_classes=dataset.num_classes))
+    model = build_detector(tiny_config(num_classes=dataset.num_classes))
     untrained_ap = average_precision_50(model, images, paths.train, dataset)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     history = []
@@ -266,13 +267,13 @@ def test_postprocess_format(trained) -> None:
 
 
 def test_build_errors() -> None:
-    with pytest.raises(ValueError, match="dense heads"):
-        build_faster_rcnn(tiny_config(sampler="hard_negative"))
+    with pytest.raises(ValueError, match="retinanet detector only"):
+        build_detector(tiny_config(sampler="hard_negative"))
     with pytest.raises(ValueError, match="outside the FPN levels"):
-        build_faster_rcnn(tiny_config(roi={"max_level": 7}))
+        build_detector(tiny_config(roi={"max_level": 7}))
     with pytest.raises(ValueError, match="has 2 levels"):
-        build_faster_rcnn(tiny_config(anchors={"sizes": [[16], [32]]}))
-    model = build_faster_rcnn(
+        build_detector(tiny_config(anchors={"sizes": [[16], [32]]}))
+    model = build_detector(
         ModelConfig(detector="faster_rcnn", num_classes=2, fpn={"min_level": 2, "max_level": 6})
     )
     assert model.anchor_generator.sizes == ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))

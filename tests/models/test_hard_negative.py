@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_iou
 
 from anchorlab.config import ModelConfig
-from anchorlab.models.build import build_anchor_generator
-from anchorlab.models.faster_rcnn import build_dense_hnm
+from anchorlab.models import build_detector
 from anchorlab.models.heads.hnm import HardNegativeHead
 
 NUM_CLASSES = 3
@@ -102,7 +101,7 @@ def test_postprocess_scores_are_softmax_foreground_probabilities() -> None:
 
 def test_hnm_detector_trains_and_detects() -> None:
     torch.manual_seed(0)
-    model = build_dense_hnm(tiny_config(), build_anchor_generator(tiny_config()))
+    model = build_detector(tiny_config())
     assert isinstance(model.head, HardNegativeHead)
     images, targets = synthetic_batch()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

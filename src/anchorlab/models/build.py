@@ -15,11 +15,14 @@ from anchorlab.config import Config, ModelConfig
 from anchorlab.losses.iou import IOU_KINDS
 from anchorlab.models.backbone import BackboneFPN, build_backbone
 from anchorlab.models.detector import Detector
-from anchorlab.models.faster_rcnn import build_dense_hnm, build_faster_rcnn
+from anchorlab.models.faster_rcnn import FasterRCNNHead
 from anchorlab.models.heads.centernet import CenterNetHead
 from anchorlab.models.heads.fcos import FCOSHead
 from anchorlab.models.heads.grid import GridHead
+from anchorlab.models.heads.hnm import HardNegativeHead
 from anchorlab.models.heads.retina import RetinaHead
+from anchorlab.models.heads.roi import RoIBoxHead
+from anchorlab.models.heads.rpn import RegionProposalNetwork
 
 __all__ = ["DETECTORS", "build_anchor_generator", "build_detector"]
 
@@ -118,7 +121,7 @@ def _retinanet(cfg: ModelConfig) -> Detector:
     """RetinaNet: max-IoU assignment, focal loss, box regression (``model.loss``, ``model.assign``);
     with ``model.sampler: hard_negative`` softmax cross-entropy with SSD's 3:1 hard negative mining."""
     if cfg.sampler == "hard_negative":
-        return build_dense_hnm(cfg, build_anchor_generator(cfg))
+        return _dense_hnm(cfg, build_anchor_generator(cfg))
     return _retina_family(cfg, "focal")
 
 
@@ -190,6 +193,91 @@ def _grid(cfg: ModelConfig) -> Detector:
     return _detector(cfg, backbone, head, None)
 
 
+def _faster_rcnn(cfg: ModelConfig) -> Detector:
+    """Faster R-CNN from ``cfg`` (``model.rpn``, ``model.roi``, ``model.fpn`` levels, ``model.anchors``)."""
+    levels = list(range(cfg.fpn.min_level, cfg.fpn.max_level + 1))
+    if not cfg.fpn.min_level <= cfg.roi.max_level <= cfg.fpn.max_level:
+        raise ValueError(
+            f"model.roi.max_level {cfg.roi.max_level} is outside the FPN levels "
+            f"P{cfg.fpn.min_level}..P{cfg.fpn.max_level}"
+        )
+    sizes = cfg.anchors.sizes or [[8.0 * 2**level] for level in levels]
+    if len(sizes) != len(levels):
+        raise ValueError(f"model.anchors.sizes has {len(sizes)} levels but the FPN has {len(levels)}")
+    anchors = AnchorGenerator(sizes, [list(cfg.anchors.aspect_ratios)], [2**level for level in levels])
+    per_location = set(anchors.num_anchors_per_location())
+    if len(per_location) != 1:
+        raise ValueError(
+            f"the RPN head needs the same anchors per location on every level, got {per_location}"
+        )
+    backbone = _backbone(cfg)
+    r, o = cfg.rpn, cfg.roi
+    rpn = RegionProposalNetwork(
+        backbone.out_channels,
+        per_location.pop(),
+        pos_iou=r.pos_iou,
+        neg_iou=r.neg_iou,
+        num_samples=r.batch_size_per_image,
+        positive_fraction=r.positive_fraction,
+        pre_nms_top_n=r.pre_nms_top_n,
+        post_nms_top_n=r.post_nms_top_n,
+        nms_iou=r.nms_iou,
+        min_size=r.min_size,
+        smooth_l1_beta=r.smooth_l1_beta,
+        obj_weight=r.obj_weight,
+        box_weight=r.box_weight,
+    )
+    roi = RoIBoxHead(
+        backbone.out_channels,
+        cfg.num_classes,
+        o.max_level - cfg.fpn.min_level + 1,
+        pooler_size=o.pooler_size,
+        sampling_ratio=o.sampling_ratio,
+        fc_channels=o.fc_channels,
+        coder=BoxCoder(stds=o.box_coder_stds),
+        pos_iou=o.pos_iou,
+        num_samples=o.batch_size_per_image,
+        positive_fraction=o.positive_fraction,
+        smooth_l1_beta=o.smooth_l1_beta,
+        cls_weight=o.cls_weight,
+        box_weight=o.box_weight,
+    )
+    head = FasterRCNNHead(rpn, roi, backbone.strides[0])
+    return _detector(cfg, backbone, head, anchors)
+
+
+def _dense_hnm(cfg: ModelConfig, anchors: AnchorGenerator) -> Detector:
+    """RetinaNet anchors + towers with SSD hard negative mining (``model.sampler: hard_negative``,
+    ``model.hnm``); ``anchors`` is the RetinaNet anchor generator (``build.build_anchor_generator(cfg)``)."""
+    per_location = set(anchors.num_anchors_per_location())
+    if len(per_location) != 1:
+        raise ValueError(
+            f"the dense head needs the same anchors per location on every level, got {per_location}"
+        )
+    backbone = _backbone(cfg)
+    head = HardNegativeHead(
+        backbone.out_channels,
+        per_location.pop(),
+        cfg.num_classes,
+        neg_pos_ratio=cfg.hnm.neg_pos_ratio,
+        min_negatives=cfg.hnm.min_negatives,
+        channels=cfg.head.channels,
+        num_convs=cfg.head.num_convs,
+        norm=cfg.head.norm,
+        prior_prob=cfg.head.prior_prob,
+        coder=BoxCoder(stds=cfg.box_coder_stds),
+        pos_iou=cfg.assign.pos_iou,
+        neg_iou=cfg.assign.neg_iou,
+        low_quality=cfg.assign.low_quality,
+        crowd_ioa=cfg.assign.crowd_ioa,
+        box_loss=cfg.loss.box,
+        smooth_l1_beta=cfg.loss.smooth_l1_beta,
+        cls_weight=cfg.loss.cls_weight,
+        box_weight=cfg.loss.box_weight,
+    )
+    return _detector(cfg, backbone, head, anchors)
+
+
 #: Every detector name ``model.detector`` accepts today, and its constructor.
 DETECTORS: dict[str, Callable[[ModelConfig], Detector]] = {
     "retinanet": _retinanet,
@@ -197,7 +285,7 @@ DETECTORS: dict[str, Callable[[ModelConfig], Detector]] = {
     "fcos": _fcos,
     "centernet": _centernet,
     "grid": _grid,
-    "faster_rcnn": build_faster_rcnn,
+    "faster_rcnn": _faster_rcnn,
 }
 
 
