@@ -225,6 +225,16 @@ class DetectionLoader:
         self.batch_size = int(loader.batch_size or 1)
         self.next_epoch = 0
 
+    def close(self) -> None:
+        """Stop the persistent worker processes now. Left to the garbage collector, a live iterator is
+        inherited by processes forked later (an evaluation loader's workers), which then fail to shut
+        down workers that are not their children."""
+        self._it = None
+        iterator = getattr(self.loader, "_iterator", None)  # torch keeps persistent workers here
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
+
     @property
     def skipped(self) -> int:
         return self.dataset.skipped

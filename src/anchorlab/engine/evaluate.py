@@ -74,6 +74,7 @@ def predict_dataset(
                 per_image[image_id] = (coco, mapped)
             progress.advance(task, len(batch))
     model.train(was_training)
+    loader.close()
     if dist_utils.is_distributed():  # the split repeats a few images to even out shares: keyed by id
         per_image = {k: v for part in dist_utils.gather_objects(per_image) for k, v in part.items()}
     ordered = [per_image[record.id] for record in dataset.images]

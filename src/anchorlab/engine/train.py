@@ -315,6 +315,7 @@ def _train(
             progress.stop()
         if log is not None:
             log.close()
+        loader.close()
 
     train_time = time.perf_counter() - t_start
     summary: dict[str, Any] = {
