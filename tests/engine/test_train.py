@@ -148,6 +148,12 @@ def test_non_finite_loss_stops_with_iteration_and_part(synth, tmp_path, monkeypa
         train(cfg, evaluate=False, show_progress=False)
     assert load_checkpoint(tmp_path / "nan" / "checkpoint.pt")["iteration"] == 3
 
+    skip = tiny(synth, tmp_path / "skip", "train.iterations=5", "train.on_nonfinite=skip")
+    summary = train(skip, evaluate=False, show_progress=False)
+    assert summary["skipped_steps"] == 1
+    state = load_checkpoint(tmp_path / "skip" / "checkpoint.pt")
+    assert state["iteration"] == 5 and all(torch.isfinite(v).all() for v in state["model"].values())
+
 
 def test_cli_train_eval_predict(synth, tmp_path):
     runner = CliRunner()
