@@ -195,3 +195,15 @@ def test_mixed_precision_keeps_losses_float32(synth, tmp_path):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(images, targets)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+def test_unwritable_output_is_a_clear_cli_error(synth, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the run folder should go")
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(
+        __import__("anchorlab.config", fromlist=["dump_config"]).dump_config(tiny(synth, blocker / "run"))
+    )
+    result = CliRunner().invoke(app, ["train", str(cfg_path), "--no-eval"])
+    assert result.exit_code == 1 and "not_a_folder" in result.stderr and "Traceback" not in result.output
+    assert blocker.read_text().startswith("a file")

@@ -225,7 +225,7 @@ def anchors(
                     stats.boxes, gen, pos_iou=pos_iou, progress=lambda n, t=task: progress.advance(t, n)
                 )
                 progress.remove_task(task)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, OSError, ValueError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
 

@@ -135,7 +135,7 @@ def assign_report(
             report["data"] = str(data)
             (out / "assign_report.json").write_text(json.dumps(report, indent=2))
             pngs = save_pictures(ds, cfg, report, out, count=pictures, strategies=chosen) if pictures else []
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, OSError, ValueError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
 

@@ -77,7 +77,7 @@ def compare_command(
             threads=threads,
             console=console,
         )
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, OSError, ValueError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

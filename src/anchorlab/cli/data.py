@@ -62,7 +62,7 @@ def _load(path: Path, fmt: str, report: ProblemReport, **kwargs) -> DetectionSet
         return load_dataset(path, fmt, report=report, **kwargs)  # type: ignore[arg-type]
     except DataError:
         return None
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
 

@@ -148,7 +148,7 @@ def _eval_model(
         model, trained_cfg, _ = load_trained(checkpoint, cfg.train.device)
         cfg.model = trained_cfg.model
         metrics = evaluate_model(model, cfg, load_split(cfg, "val"), with_nms_recall=nms_recall)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, DataError, CheckpointError, OSError, ValueError) as err:
         fail(str(err))
     metrics = _json_safe(metrics)
     text = json.dumps(metrics, indent=2)
@@ -168,7 +168,7 @@ def _eval_files(gt: Path, detections: Path, as_json: bool, output: Path | None) 
 
     try:
         metrics = coco_metrics(gt, detections)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         fail(str(err))
     text = json.dumps(metrics, indent=2)
     if output is not None:

@@ -59,7 +59,7 @@ def export(
             dynamic=not static,
             categories=categories,
         )
-    except (CheckpointError, ExportError, FileNotFoundError, ValueError) as exc:
+    except (CheckpointError, ExportError, OSError, ValueError) as exc:
         fail(str(exc))
     console.print(
         f"exported {cfg.model.detector} ({mode}) to {path}: input images [B, 3, H, W] in 0..1, "

@@ -35,7 +35,7 @@ def train(
     try:
         cfg = load_config(config, set_ or [])
         summary = run_train(cfg, resume=resume, evaluate=not no_eval, console=console)
-    except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, CheckpointError, TrainingError, OSError, ValueError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -75,6 +75,6 @@ def predict(
             draw=not no_draw,
             console=console,
         )
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (CheckpointError, OSError, ValueError) as exc:
         fail(str(exc))
     console.print(f"{summary['detections']} detections on {summary['images']} images -> {summary['out']}")
