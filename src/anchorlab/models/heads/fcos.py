@@ -57,6 +57,27 @@ def distances_to_boxes(points: torch.Tensor, dist: torch.Tensor) -> torch.Tensor
     return torch.cat((points - dist[..., :2], points + dist[..., 2:]), dim=-1)
 
 
+def level_topk(
+    scores: torch.Tensor, counts: Sequence[int], k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per level, the ``k`` best (prior, class) scores of each image, batched over images.
+
+    ``scores [B, R, K]`` with levels laid out as ``counts``; returns ``prior_index [B, N]`` (into R),
+    ``scores [B, N]`` and ``labels [B, N]`` with ``N`` the sum of ``min(k, count * K)`` over levels.
+    """
+    num_images, _, num_classes = scores.shape
+    index_parts, score_parts, label_parts = [], [], []
+    start = 0
+    for count in counts:
+        level = scores[:, start : start + count].reshape(num_images, count * num_classes)
+        top, index = level.topk(min(k, count * num_classes), dim=1)
+        index_parts.append(index // num_classes + start)
+        score_parts.append(top)
+        label_parts.append(index % num_classes)
+        start += count
+    return torch.cat(index_parts, 1), torch.cat(score_parts, 1), torch.cat(label_parts, 1)
+
+
 def select_detections(
     boxes: torch.Tensor,
     scores: torch.Tensor,
@@ -267,23 +288,15 @@ class FCOSHead(nn.Module):
         ``topk``; scores ``sqrt(sigmoid(cls) * sigmoid(centerness))``."""
         points = priors[0]
         cls_logits, box_dist = outputs["cls_logits"], outputs["box_dist"]
-        num_images, num_points, num_classes = cls_logits.shape
+        num_points = cls_logits.shape[1]
         scores_all = (cls_logits.sigmoid() * outputs["centerness"].sigmoid()[..., None]).sqrt()
-        cand_boxes, cand_scores, cand_labels = [], [], []
-        start = 0
-        for count in outputs.get("num_priors_per_level") or [num_points]:
-            scores = scores_all[:, start : start + count].reshape(num_images, count * num_classes)
-            top, index = scores.topk(min(topk_per_level, count * num_classes), dim=1)  # [B, k]
-            point_index = index // num_classes + start
-            dist = box_dist.gather(1, point_index[..., None].expand(-1, -1, 4))
-            cand_boxes.append(distances_to_boxes(points[point_index], dist))
-            cand_scores.append(top)
-            cand_labels.append(index % num_classes)
-            start += count
+        counts = outputs.get("num_priors_per_level") or [num_points]
+        point_index, scores, labels = level_topk(scores_all, counts, topk_per_level)
+        dist = box_dist.gather(1, point_index[..., None].expand(-1, -1, 4))
         return select_detections(
-            torch.cat(cand_boxes, dim=1),
-            torch.cat(cand_scores, dim=1),
-            torch.cat(cand_labels, dim=1),
+            distances_to_boxes(points[point_index], dist),
+            scores,
+            labels,
             image_sizes,
             score_thresh=score_thresh,
             nms_iou=nms_iou,

@@ -34,7 +34,7 @@ from anchorlab.assign import gather_matched, grid_assign, pad_boxes
 from anchorlab.distributed import mean_across_ranks
 from anchorlab.losses.basic import l1_loss
 from anchorlab.losses.iou import iou_loss
-from anchorlab.models.heads.fcos import default_regress_ranges, select_detections
+from anchorlab.models.heads.fcos import default_regress_ranges, level_topk, select_detections
 from anchorlab.models.heads.retina import _tower, flatten_levels
 
 __all__ = ["GRID_BOX_LOSSES", "GridHead", "GridPriors", "default_size_ranges"]
@@ -216,23 +216,15 @@ class GridHead(nn.Module):
         """Detections per image (``boxes [D, 4]`` xyxy clipped, ``scores [D]``, ``labels [D]``,
         ``D <= max_detections``); score ``sigmoid(obj) * sigmoid(cls)``, per-level top-k, NMS."""
         cls_logits, box_raw = outputs["cls_logits"], outputs["box_raw"]
-        num_images, num_cells, num_classes = cls_logits.shape
+        num_cells = cls_logits.shape[1]
         scores_all = outputs["obj_logits"].sigmoid()[..., None] * cls_logits.sigmoid()
-        cand_boxes, cand_scores, cand_labels = [], [], []
-        start = 0
-        for count in outputs.get("num_priors_per_level") or [num_cells]:
-            scores = scores_all[:, start : start + count].reshape(num_images, count * num_classes)
-            top, index = scores.topk(min(topk_per_level, count * num_classes), dim=1)  # [B, k]
-            cell = index // num_classes + start
-            raw = box_raw.gather(1, cell[..., None].expand(-1, -1, 4))
-            cand_boxes.append(self.decode(raw, priors.corners[cell], priors.strides[cell]))
-            cand_scores.append(top)
-            cand_labels.append(index % num_classes)
-            start += count
+        counts = outputs.get("num_priors_per_level") or [num_cells]
+        cell, scores, labels = level_topk(scores_all, counts, topk_per_level)
+        raw = box_raw.gather(1, cell[..., None].expand(-1, -1, 4))
         return select_detections(
-            torch.cat(cand_boxes, dim=1),
-            torch.cat(cand_scores, dim=1),
-            torch.cat(cand_labels, dim=1),
+            self.decode(raw, priors.corners[cell], priors.strides[cell]),
+            scores,
+            labels,
             image_sizes,
             score_thresh=score_thresh,
             nms_iou=nms_iou,
