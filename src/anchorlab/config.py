@@ -228,12 +228,18 @@ class DataConfig(_Section):
     scale_jitter: tuple[int, int] | None = None
     hflip: float = Field(0.5, ge=0, le=1)
     photometric: bool = False
+    #: Probability that a training sample is a 2x2 mosaic of itself and 3 other training images
+    #: (data/mosaic.py), on the sample's own canvas size.
+    mosaic: float = Field(0.0, ge=0, le=1)
     #: Arguments of `make_synthetic`: generate the synthetic dataset into train's folder when missing.
     synthetic: dict[str, Any] | None = None
 
 
 class TrainConfig(_Section):
     iterations: int = Field(90000, gt=0)
+    #: Wall-clock budget of the training loop in minutes: training stops after the iteration in which it
+    #: ran out (checkpoint written, evaluation still run). The lr schedule still spans `iterations`.
+    max_minutes: float | None = Field(None, gt=0)
     batch_size: int = Field(16, gt=0)
     lr: float = Field(0.01, gt=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -252,9 +258,18 @@ class TrainConfig(_Section):
     amp: bool = False
     #: torch.compile the model (opt-in; the first iterations are slow while it compiles).
     compile: bool = False
+    #: Keep an exponential moving average of the weights (engine/ema.py); eval and the checkpoint's
+    #: inference weights use it. Decay per step: ema_decay * (1 - exp(-step / ema_tau)); the average
+    #: spans about 1 / (1 - ema_decay) steps (5000 by default: for runs of 50k+ steps; short runs want
+    #: e.g. 0.995 / 100).
+    ema: bool = False
+    ema_decay: float = Field(0.9998, ge=0, lt=1)
+    ema_tau: int = Field(2000, ge=0)
     checkpoint_every: int = Field(5000, gt=0)
     eval_every: int | None = Field(None, gt=0)
     log_every: int = Field(20, gt=0)
+    #: Also write TensorBoard scalars to OUT/tensorboard/ (needs `pip install 'anchorlab[tensorboard]'`).
+    tensorboard: bool = False
     seed: int = 0
     workers: int = Field(2, ge=0)
     #: torch intra-op threads on CPU; None: the machine's cores divided among torchrun's local processes.

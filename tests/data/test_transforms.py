@@ -144,3 +144,21 @@ def test_bad_arguments_raise():
         build_transforms(False, min_size=20, max_size=100)(
             _image(20, 20), _target([[0, 0, 5, 5]], labels=[1, 2])
         )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_photometric_is_v2_colour_jitter_and_leaves_boxes_unchanged(seed):
+    from torchvision.transforms import v2
+
+    jitter = build_transforms(True, min_size=(24, 32), max_size=64, scale_jitter=(20, 40), photometric=True)
+    plain = build_transforms(True, min_size=(24, 32), max_size=64, scale_jitter=(20, 40))
+    assert any(isinstance(t, v2.ColorJitter) for t in jitter.pipeline.transforms)
+    image, target = _image(30, 40, seed), _target([[1, 1, 20, 20], [5, 10, 39, 29]], crowd=[[0, 0, 9, 9]])
+    torch.manual_seed(seed)
+    a, ta = jitter(image, target)
+    torch.manual_seed(seed)
+    b, tb = plain(image, target)  # the jitter comes last: size and flip draw the same numbers
+    assert a.shape == b.shape and not torch.allclose(a, b)
+    for key in ("boxes", "labels", "crowd"):
+        assert torch.equal(ta[key], tb[key]), key
+    assert ta["size"] == tb["size"] and ta["scale"] == tb["scale"]

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from anchorlab.cli.app import app
@@ -52,8 +53,9 @@ Tables show percentages, --json fractions; n/a (-1 in JSON) means the subset has
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print ``Error: message`` on stderr and exit with ``code`` (no traceback)."""
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]Error:[/] {message}", highlight=False)
+    """Print ``Error: message`` on stderr and exit with ``code`` (no traceback); ``message`` is plain
+    text (brackets in paths or ``anchorlab[extra]`` are printed, not read as markup)."""
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]Error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 

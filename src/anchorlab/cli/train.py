@@ -21,21 +21,36 @@ def train(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt exactly."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation on the val split at the end."),
+    tensorboard: bool = typer.Option(
+        False,
+        "--tensorboard",
+        help="Also log scalars to OUT/tensorboard/ (sets train.tensorboard; needs the tensorboard extra).",
+    ),
 ) -> None:
     """Train a detector; checkpoints, log.jsonl and metrics.json go to train.out.
 
-    Example: anchorlab train configs/retinanet_r18_fpn_quick.yaml --set train.iterations=300
+    Example: anchorlab train configs/retinanet_r18_fpn_quick.yaml --set train.iterations=300 --tensorboard
+    (then: tensorboard --logdir runs/)
     """
     from anchorlab.config import ConfigError, load_config
     from anchorlab.data.core import DataError
     from anchorlab.engine.checkpoint import CheckpointError
+    from anchorlab.engine.tb import TensorBoardMissing
     from anchorlab.engine.train import TrainingError
     from anchorlab.engine.train import train as run_train
 
     try:
-        cfg = load_config(config, set_ or [])
+        cfg = load_config(config, [*(set_ or []), *(["train.tensorboard=true"] if tensorboard else [])])
         summary = run_train(cfg, resume=resume, evaluate=not no_eval, console=console)
-    except (ConfigError, DataError, CheckpointError, TrainingError, OSError, ValueError) as exc:
+    except (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        TrainingError,
+        TensorBoardMissing,
+        OSError,
+        ValueError,
+    ) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

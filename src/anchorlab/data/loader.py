@@ -18,7 +18,7 @@ import os
 import random
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -61,14 +61,22 @@ class DetectionDataset(Dataset):
     transforms under that RNG seed) gives ``(image [3, h, w] float32 0..1, target)`` with target keys
     ``boxes [M, 4]`` float32 xyxy, ``labels [M]`` int64, ``crowd [C, 4]`` float32, ``image_id`` (the
     file's id), ``orig_size (H, W)``, ``size (h, w)``, ``scale (sx, sy)``, ``dropped`` (objects the
-    transforms removed) and ``skipped`` (files skipped to produce this sample)."""
+    transforms removed) and ``skipped`` (files skipped to produce this sample). ``mosaic`` (e.g.
+    ``data.mosaic.Mosaic``) is called as ``mosaic(dataset, index, image, target)`` before the transforms,
+    under the same seed (only when there are transforms)."""
 
     def __init__(
-        self, data: DetectionSet, transforms: TransformFn | None = None, *, strict: bool = False
+        self,
+        data: DetectionSet,
+        transforms: TransformFn | None = None,
+        *,
+        strict: bool = False,
+        mosaic: Callable[..., tuple[torch.Tensor, Target]] | None = None,
     ) -> None:
         self.data = data
         self.transforms = transforms
         self.strict = strict
+        self.mosaic = mosaic
         self.skipped = 0
         self.skipped_files: Counter[str] = Counter()
         self._bad: set[int] = set()
@@ -137,10 +145,15 @@ class DetectionDataset(Dataset):
         if self.transforms is None:
             return F.to_dtype(image, torch.float32, scale=True), target
         if seed is None:
-            return self.transforms(image, target)
+            return self._augment(index, image, target)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.transforms(image, target)
+            return self._augment(index, image, target)
+
+    def _augment(self, index: int, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        if self.mosaic is not None:
+            image, target = self.mosaic(self, index, image, target)
+        return self.transforms(image, target)
 
 
 def collate(batch: list[tuple[torch.Tensor, Target]], size_divisible: int = 32) -> Batch:

@@ -32,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 from anchorlab import distributed as dist_utils
 from anchorlab.config import Config, dump_config
 from anchorlab.data.batch import size_divisor
-from anchorlab.data.loader import InfiniteLoader, build_loader
+from anchorlab.data.loader import DetectionDataset, InfiniteLoader, build_loader
+from anchorlab.data.mosaic import Mosaic
 from anchorlab.data.transforms import build_transforms
 from anchorlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from anchorlab.engine.common import (
@@ -43,7 +44,9 @@ from anchorlab.engine.common import (
     seed_everything,
     write_json,
 )
+from anchorlab.engine.ema import ModelEMA
 from anchorlab.engine.schedule import build_optimizer, build_scheduler
+from anchorlab.engine.tb import TensorBoardLogger, tensorboard_logger
 from anchorlab.models import build_detector
 
 __all__ = ["TrainingError", "train"]
@@ -78,6 +81,8 @@ def build_train_loader(cfg: Config, dataset, *, rank: int = 0, world_size: int =
         scale_jitter=d.scale_jitter,
         photometric=d.photometric,
     )
+    if d.mosaic > 0:
+        dataset = DetectionDataset(dataset, transforms, mosaic=Mosaic(d.mosaic))
     return build_loader(
         dataset,
         transforms=transforms,
@@ -149,6 +154,7 @@ def train(
     main = rank == 0
     if cfg.train.batch_size % world:
         raise ValueError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world} processes")
+    tb = tensorboard_logger(cfg.train.tensorboard, cfg.train.out, main=main)  # a missing package fails here
     out = Path(cfg.train.out)
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -158,9 +164,11 @@ def train(
         share = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(cfg.train.threads or max(1, share))
     try:
-        return _train(cfg, resume, evaluate, console, show_progress, rank, world, device)
+        return _train(cfg, resume, evaluate, console, show_progress, rank, world, device, tb)
     finally:
         torch.set_num_threads(threads_before)
+        if tb is not None:
+            tb.close()
 
 
 def _train(
@@ -172,6 +180,7 @@ def _train(
     rank: int,
     world: int,
     device: torch.device,
+    tb: TensorBoardLogger | None = None,
 ) -> dict[str, Any]:
     main = rank == 0
     out = Path(cfg.train.out)
@@ -183,11 +192,15 @@ def _train(
     scheduler = build_scheduler(optimizer, cfg.train)
     loader = build_train_loader(cfg, train_set, rank=rank, world_size=world)
     ckpt_path = out / "checkpoint.pt"
+    ema = ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_tau) if cfg.train.ema else None
+    eval_model = ema.module if ema is not None else model
 
     start = 0
     if resume:
         state = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("train_model", state["model"]))  # "model" is the EMA if any
+        if ema is not None:
+            ema.restore(state, model)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
@@ -201,6 +214,8 @@ def _train(
         (out / "config.yaml").write_text(dump_config(cfg))
         env = {**environment(), "seed": cfg.train.seed, "device": str(device), "world_size": world}
         write_json(out / "environment.json", env)
+    if tb is not None:
+        tb.open(start, resume=resume)
     net: torch.nn.Module = model
     if world > 1:
         net = DistributedDataParallel(
@@ -227,6 +242,8 @@ def _train(
             cfg,
             train_set.categories,
         )
+        if ema is not None:
+            state.update(ema.checkpoint_entries(model))
         save_checkpoint(ckpt_path, state)
 
     total_iters = cfg.train.iterations
@@ -266,12 +283,16 @@ def _train(
                 if cfg.train.clip_grad:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
+                scale = scaler.get_scale() if ema is not None else 0.0
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None and scaler.get_scale() >= scale:  # a lowered scale: step skipped
+                    ema.update(model)
             scheduler.step()
             completed = done = it + 1
             images_seen += len(batch)
-            if main and (done % cfg.train.log_every == 0 or done == total_iters or done == start + 1):
+            out_of_time = _out_of_time(cfg.train.max_minutes, t_start, device)
+            if main and (done % cfg.train.log_every == 0 or done in (total_iters, start + 1) or out_of_time):
                 last_losses = {k: round(float(v.detach()), 5) for k, v in losses.items()}
                 elapsed = time.perf_counter() - t_start
                 record = {
@@ -286,16 +307,20 @@ def _train(
                 }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+                if tb is not None:
+                    tb.log_train(done, {k: record[k] for k in ("loss", *last_losses, "lr", "images_per_s")})
                 if progress:
                     info = " ".join(f"{k.removeprefix('loss_')}={v:.3f}" for k, v in last_losses.items())
                     progress.update(task, info=f"loss={record['loss']:.3f} {info} lr={record['lr']:.2e}")
             if progress:
                 rate = f"{done - start} it / {time.perf_counter() - t_start:.0f}s"
                 progress.update(task, completed=done, rate=rate)
-            if done % cfg.train.checkpoint_every == 0 or done == total_iters:
+            if done % cfg.train.checkpoint_every == 0 or done == total_iters or out_of_time:
                 save(done)
+            if out_of_time:
+                break
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < total_iters and val_set:
-                _evaluate_and_log(model, cfg, val_set, out, done, log, console)
+                _evaluate_and_log(eval_model, cfg, val_set, out, done, log, console, tb)
                 model.train()
     except KeyboardInterrupt:
         if progress:
@@ -319,7 +344,8 @@ def _train(
 
     train_time = time.perf_counter() - t_start
     summary: dict[str, Any] = {
-        "iterations": total_iters,
+        "iterations": completed,
+        "stopped_by_time": completed < total_iters,
         "train_time_s": round(train_time, 2),
         "train_images_per_s": round(images_seen * world / max(train_time, 1e-9), 3),
         "final_losses": last_losses,
@@ -331,13 +357,24 @@ def _train(
     if world > 1:
         summary["ranks_in_sync"] = _ranks_in_sync(model)
     if evaluate and val_set is not None:
-        summary["metrics"] = _evaluate_and_log(model, cfg, val_set, out, total_iters, None, console)
+        summary["metrics"] = _evaluate_and_log(eval_model, cfg, val_set, out, completed, None, console, tb)
     if main:
         write_json(out / "summary.json", summary)
     return summary
 
 
-def _evaluate_and_log(model, cfg, val_set, out: Path, iteration: int, log, console: Console) -> dict:
+def _out_of_time(max_minutes: float | None, t_start: float, device: torch.device) -> bool:
+    """Whether the wall budget ``train.max_minutes`` counted from ``t_start`` has run out (on any rank, so
+    every rank stops after the same iteration)."""
+    if max_minutes is None:
+        return False
+    late = torch.tensor(float(time.perf_counter() - t_start >= max_minutes * 60), device=device)
+    return bool(dist_utils.mean_across_ranks(late) > 0)
+
+
+def _evaluate_and_log(
+    model, cfg, val_set, out: Path, iteration: int, log, console: Console, tb: TensorBoardLogger | None = None
+) -> dict:
     """Evaluate on the val split (every rank predicts its share; rank 0 scores and writes)."""
     from anchorlab.engine.evaluate import evaluate_model
 
@@ -346,6 +383,8 @@ def _evaluate_and_log(model, cfg, val_set, out: Path, iteration: int, log, conso
         return metrics
     metrics["iteration"] = iteration
     write_json(out / "metrics.json", metrics)
+    if tb is not None:
+        tb.log_eval(iteration, metrics)
     if log is not None:
         log.write(
             json.dumps({"iteration": iteration, "eval": {k: metrics[k] for k in ("AP", "AP50", "AP75")}})
