@@ -90,6 +90,8 @@ def test_report_files_and_rows(first_run):
         assert run["train_time_s"] > 0 and run["train_images_per_s"] > 0 and run["iterations"] == 6
         assert run["eval_size"] == [96, 96]
         assert (first_run / det / "checkpoint.pt").is_file() and (first_run / det / "result.json").is_file()
+        # --threads holds inside training too (train() would otherwise pick the machine's core count)
+        assert yaml.safe_load((first_run / det / "config.yaml").read_text())["train"]["threads"] == 1
     # the same backbone and model size: the two share the RetinaNet architecture
     assert results["runs"]["retinanet"]["params_m"] == results["runs"]["free_anchor"]["params_m"]
     assert set(results["assignment"]["strategies"]) == {"max_iou", "free_anchor", "fcos", "centernet", "grid"}

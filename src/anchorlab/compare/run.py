@@ -40,6 +40,7 @@ from anchorlab.config import Config, ConfigError, apply_overrides, config_from_d
 from anchorlab.data.core import DetectionSet
 from anchorlab.data.loader import read_rgb
 from anchorlab.engine.common import ensure_synthetic, environment, load_split, write_json
+from anchorlab.io import make_dir, write_text
 
 __all__ = ["compare", "config_hash", "json_safe", "measure_speed", "pr_curve", "resolve_config"]
 
@@ -93,9 +94,11 @@ def resolve_config(
 
 
 def config_hash(cfg: Config) -> str:
-    """Hash of the resolved config (without ``train.out``) and the size + mtime of the data JSONs."""
+    """Hash of the resolved config (without ``train.out`` and ``train.threads``, which do not change what is
+    trained) and the size + mtime of the data JSONs."""
     tree = cfg.model_dump(mode="json")
     tree["train"].pop("out", None)
+    tree["train"].pop("threads", None)
     files = {}
     for name in (cfg.data.train, cfg.data.val):
         path = Path(name) if name else None
@@ -225,7 +228,7 @@ def _run_one(
         if previous.get("status") == "ok" and previous.get("config_hash") == digest:
             console.print(f"[dim]{detector}: finished run with the same config in {run_dir}, reused[/]")
             return {**previous, "run_dir": str(run_dir), "reused": True}
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir)
     result_path.unlink(missing_ok=True)
     (run_dir / "error.txt").unlink(missing_ok=True)
     result: dict[str, Any] = {"detector": detector, "config_hash": digest, "run_dir": str(run_dir)}
@@ -247,7 +250,7 @@ def _run_one(
             **measure_speed(model, cfg, val_set),
         )
     except Exception as exc:  # one detector's failure must not stop the comparison
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        write_text(run_dir / "error.txt", traceback.format_exc())
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         console.print(f"[bold red]{detector} failed[/]: {result['error']} (traceback: {run_dir}/error.txt)")
     result = json_safe(result)
@@ -305,8 +308,9 @@ def compare(
     """Train + evaluate ``detectors`` side by side; writes OUT/results.json, OUT/report.md, OUT/report.html
     and the plots, prints the table, and returns the results dict (``runs[detector]`` per detector).
 
-    ``threads`` sets ``torch.set_num_threads`` for the whole comparison (restored after; None: torch's
-    default); the count is recorded in ``results["environment"]["threads"]``.
+    ``threads`` sets ``torch.set_num_threads`` for the whole comparison, training included (it overrides
+    every detector's ``train.threads``; restored after; None: each config's ``train.threads``); the count
+    is recorded in ``results["environment"]["threads"]``.
     Raises ``ValueError`` for unknown detector names and ``ConfigError`` when no detector's config
     resolves (a bad ``--set`` or missing data); a single detector's failure is recorded, not raised.
     """
@@ -330,10 +334,13 @@ def compare(
             configs[det] = resolve_config(det, out=out, **kwargs)
         except ConfigError as exc:
             configs[det] = exc
+        else:
+            if threads is not None:
+                configs[det].train.threads = threads
     resolved = [c for c in configs.values() if isinstance(c, Config)]
     if not resolved:
         raise next(iter(configs.values()))  # type: ignore[misc]
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     ensure_synthetic(resolved[0])  # before hashing: the data files' mtimes are part of the hash
 
     runs: dict[str, dict[str, Any]] = {}
