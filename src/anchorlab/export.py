@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms
 
+from anchorlab.io import atomic_path
 from anchorlab.models.detector import Detector
 from anchorlab.models.heads.centernet import CenterNetHead
 from anchorlab.models.heads.fcos import FCOSHead, distances_to_boxes, select_detections
@@ -336,8 +337,8 @@ def export_onnx(
         )
     program.model.metadata_props.update(metadata)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path))
+    with atomic_path(path) as tmp:  # a failed save (full disk) keeps an earlier export intact
+        program.save(str(tmp), external_data=False)
     return path
 
 

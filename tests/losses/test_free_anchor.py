@@ -283,3 +283,32 @@ def test_label_out_of_range_raises():
     boxes = [torch.tensor([[10.0, 10.0, 30.0, 30.0]])]
     with pytest.raises(ValueError, match=r"labels must be in 0\.\.1"):
         free_anchor_loss(anchors, logits, deltas, boxes, [torch.tensor([2])])
+
+
+def test_ddp_normalisers_are_the_mean_over_ranks(monkeypatch):
+    """Two simulated ranks with 4 and 2 objects: each divides by the mean count (3) from
+    ``mean_across_ranks``, so the ranks' averaged losses and gradients (what DDP applies) equal one
+    process's on the whole batch; per-rank counts would give 4 and 2 and differ."""
+    import anchorlab.losses.free_anchor as free_anchor_module
+
+    gen = torch.Generator().manual_seed(5)
+    anchors = grid_anchors()
+    logits, deltas, boxes, labels = random_case(gen, anchors, (3, 1, 0, 2), 4)
+    full = free_anchor_loss(anchors, logits, deltas, boxes, labels, bag_size=6)
+    full_grads = torch.autograd.grad(sum(full.values()), (logits, deltas))
+    counts = [4.0, 2.0]
+    losses, grads = [], []
+    for rank, part in enumerate((slice(0, 2), slice(2, 4))):
+
+        def fake_mean(value: torch.Tensor, rank: int = rank) -> torch.Tensor:
+            assert float(value) == counts[rank]  # this rank's own object count goes in
+            return value.new_tensor(sum(counts) / len(counts))
+
+        monkeypatch.setattr(free_anchor_module, "mean_across_ranks", fake_mean)
+        out = free_anchor_loss(anchors, logits[part], deltas[part], boxes[part], labels[part], bag_size=6)
+        losses.append(out)
+        grads.append(torch.autograd.grad(sum(out.values()), (logits, deltas)))
+    for key in full:
+        torch.testing.assert_close((losses[0][key] + losses[1][key]) / 2, full[key])
+    for i in range(2):
+        torch.testing.assert_close((grads[0][i] + grads[1][i]) / 2, full_grads[i])

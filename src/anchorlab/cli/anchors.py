@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from anchorlab.cli.app import app
+from anchorlab.io import save_figure, write_json, write_text
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> NoReturn:
+    """One ``error: ...`` line on stderr (no markup, no wrapping), exit code 1."""
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -117,8 +124,7 @@ def _plots(
     ax.set_title("object sizes and anchor shapes")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "wh_scatter.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "wh_scatter.png", dpi=110)
     fig, axes = plt.subplots(len(best), 1, figsize=(7, 2.2 * len(best)), sharex=True, squeeze=False)
     for ax, (name, values) in zip(axes[:, 0], best.items(), strict=True):
         ax.hist(values, bins=50, range=(0, 1), color="tab:blue")
@@ -128,8 +134,7 @@ def _plots(
         ax.legend(fontsize=8)
     axes[-1, 0].set_xlabel("best anchor IoU")
     fig.tight_layout()
-    fig.savefig(out / "best_iou.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "best_iou.png", dpi=110)
 
 
 def _snippet(data: Path, chosen: Any, others: list[Any], cov: dict[str, dict], cfg: Any) -> str:
@@ -226,8 +231,7 @@ def anchors(
                 )
                 progress.remove_task(task)
     except (ConfigError, DataError, OSError, ValueError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        _fail(exc)
 
     if cfg.model.detector in ("fcos", "centernet", "grid"):
         err_console.print(
@@ -263,7 +267,6 @@ def anchors(
         )
 
     chosen = max(proposals, key=lambda p: (summaries[p.name]["bpr"], summaries[p.name]["mean_best_iou"]))
-    out.mkdir(parents=True, exist_ok=True)
     report = {
         "data": str(data),
         "resize": {"min_size": cfg.data.min_size, "max_size": cfg.data.max_size},
@@ -276,10 +279,13 @@ def anchors(
         "shape_only_bpr": shape_bpr,
         "recommended": chosen.name,
     }
-    (out / "anchor_stats.json").write_text(json.dumps(report, indent=2))
     others = [p for p in proposals if p is not chosen]
-    (out / "anchors.yaml").write_text(_snippet(data, chosen, others, summaries, cfg))
-    _plots(out, wh, shapes, {name: c.best_iou for name, c in cov.items()}, pos_iou)
+    try:
+        write_json(out / "anchor_stats.json", report)
+        write_text(out / "anchors.yaml", _snippet(data, chosen, others, summaries, cfg))
+        _plots(out, wh, shapes, {name: c.best_iou for name, c in cov.items()}, pos_iou)
+    except OSError as exc:
+        _fail(exc)
     console.print(
         f"recommended: {chosen.name!r} (best possible recall {summaries[chosen.name]['bpr']:.3f} vs "
         f"{summaries['config']['bpr']:.3f} for the config's anchors); wrote {out / 'anchors.yaml'}, "

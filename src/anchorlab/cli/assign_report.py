@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from anchorlab.cli.app import app
@@ -108,6 +108,7 @@ def assign_report(
     from anchorlab.config import ConfigError, load_config
     from anchorlab.data import load_coco
     from anchorlab.data.core import DataError
+    from anchorlab.io import write_json
     from anchorlab.report import assignment_report, save_pictures
     from anchorlab.report.assignment import check_strategies
 
@@ -131,12 +132,11 @@ def assign_report(
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
             progress.update(task, description="drawing", total=None)
-            out.mkdir(parents=True, exist_ok=True)
             report["data"] = str(data)
-            (out / "assign_report.json").write_text(json.dumps(report, indent=2))
+            write_json(out / "assign_report.json", report)
             pngs = save_pictures(ds, cfg, report, out, count=pictures, strategies=chosen) if pictures else []
     except (ConfigError, DataError, OSError, ValueError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
     console.print(

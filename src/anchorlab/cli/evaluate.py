@@ -128,6 +128,16 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def _write_output(path: Path, text: str) -> None:
+    """Atomically write ``--output``; a failure is one ``Error:`` line naming the file."""
+    from anchorlab.io import write_text
+
+    try:
+        write_text(path, text)
+    except OSError as err:
+        fail(str(err))
+
+
 def _eval_model(
     config: Path,
     checkpoint: Path | None,
@@ -155,8 +165,7 @@ def _eval_model(
     metrics = _json_safe(metrics)
     text = json.dumps(metrics, indent=2)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text + "\n")
+        _write_output(output, text + "\n")
     if as_json:
         typer.echo(text)
         return
@@ -174,8 +183,7 @@ def _eval_files(gt: Path, detections: Path, as_json: bool, output: Path | None) 
         fail(str(err))
     text = json.dumps(metrics, indent=2)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text + "\n")
+        _write_output(output, text + "\n")
     if as_json:
         typer.echo(text)
     else:

@@ -27,6 +27,8 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from anchorlab.io import save_figure, write_text
+
 __all__ = ["COLUMNS", "markdown_table", "print_table", "rich_table", "table_rows", "write_report"]
 
 #: Table columns and what they mean (docs/compare.md explains them at length).
@@ -154,9 +156,7 @@ def plot_pr_curves(results: dict[str, Any], path: Path) -> Path:
     else:
         ax.text(0.5, 0.5, "no detector finished", ha="center", va="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_ap_by_size(results: dict[str, Any], path: Path) -> Path:
@@ -186,9 +186,7 @@ def plot_ap_by_size(results: dict[str, Any], path: Path) -> Path:
     if runs:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _sample_images(val_set, count: int) -> list[int]:
@@ -251,9 +249,7 @@ def plot_predictions(results: dict[str, Any], path: Path) -> Path:
                 ax.text(0.5, 0.5, "failed", transform=ax.transAxes, ha="center", va="center", color="red")
     fig.suptitle(f"val images: ground truth and detections with score >= {SCORE_THRESH}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 # -- assignment summary ------------------------------------------------------------------------------
@@ -374,7 +370,7 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
                 "",
             ]
         md += [f"## {title}", "", f"![{title}]({path.name})", ""]
-    (out / "report.md").write_text("\n".join(md))
+    write_text(out / "report.md", "\n".join(md))
 
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>anchorlab compare</title>"
@@ -398,7 +394,7 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
             f"<img alt='{html.escape(title)}' src='{_data_uri(path)}'>",
         ]
     parts.append("</body></html>")
-    (out / "report.html").write_text("\n".join(parts))
+    write_text(out / "report.html", "\n".join(parts))
     return {
         "report_md": out / "report.md",
         "report_html": out / "report.html",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from anchorlab.io import OutputError, atomic_write
 
 __all__ = ["CheckpointError", "atomic_write_bytes", "load_checkpoint", "save_checkpoint"]
 
@@ -17,28 +17,13 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_write_bytes(path: str | Path, write: Any) -> Path:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
-
-    The rename is atomic on POSIX, so readers see either the old file or the complete new one.
-    """
-    path = Path(path)
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``
+    (:func:`anchorlab.io.atomic_write`); a failed write is a :class:`CheckpointError` naming the file."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; earlier files kept") from exc
-        raise
-    return path
+        atomic_write(path, write)
+    except OutputError as exc:
+        raise CheckpointError(str(exc)) from exc
+    return Path(path)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import random
 from pathlib import Path
@@ -94,6 +93,7 @@ def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[di
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from anchorlab.engine.checkpoint import atomic_write_bytes
+    """Atomic JSON write (:func:`anchorlab.io.write_json`): a failure is an ``OSError`` naming the file."""
+    from anchorlab.io import write_json as atomic_json
 
-    atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    atomic_json(path, obj)

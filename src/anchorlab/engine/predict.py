@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import track
-from torchvision.io import write_png
+from torchvision.io import encode_png
 from torchvision.utils import draw_bounding_boxes
 
 from anchorlab.boxes import xyxy_to_xywh
@@ -18,6 +18,7 @@ from anchorlab.data.loader import read_rgb
 from anchorlab.engine.checkpoint import load_checkpoint
 from anchorlab.engine.common import resolve_device, write_json
 from anchorlab.engine.evaluate import eval_transforms
+from anchorlab.io import atomic_write, make_dir
 
 __all__ = ["IMAGE_SUFFIXES", "find_images", "load_trained", "predict_images"]
 
@@ -74,7 +75,7 @@ def predict_images(
     transform = eval_transforms(cfg)
     names = [c["name"] for c in categories]
     dev = next(model.parameters()).device
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     results, images = [], []
     files = find_images(inputs)
     for image_id, path in enumerate(track(files, description="predict", console=console), start=1):
@@ -109,7 +110,8 @@ def predict_images(
         if draw:
             text = [f"{names[lab]} {s:.2f}" for lab, s in zip(labels.tolist(), scores.tolist(), strict=True)]
             drawn = draw_bounding_boxes(image, boxes, labels=text, colors="red", width=2)
-            write_png(drawn, str(out / f"{path.stem}_pred.png"))
+            png = encode_png(drawn).numpy().tobytes()
+            atomic_write(out / f"{path.stem}_pred.png", lambda f, data=png: f.write(data))
     write_json(out / "detections.json", results)
     write_json(out / "images.json", images)
     return {"images": len(files), "detections": len(results), "out": str(out)}

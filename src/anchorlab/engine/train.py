@@ -47,6 +47,7 @@ from anchorlab.engine.common import (
 from anchorlab.engine.ema import ModelEMA
 from anchorlab.engine.schedule import build_optimizer, build_scheduler
 from anchorlab.engine.tb import TensorBoardLogger, tensorboard_logger
+from anchorlab.io import write_text
 from anchorlab.models import build_detector
 
 __all__ = ["TrainingError", "train"]
@@ -211,7 +212,7 @@ def _train(
     elif main:
         (out / "log.jsonl").unlink(missing_ok=True)
     if main:
-        (out / "config.yaml").write_text(dump_config(cfg))
+        write_text(out / "config.yaml", dump_config(cfg))
         env = {**environment(), "seed": cfg.train.seed, "device": str(device), "world_size": world}
         write_json(out / "environment.json", env)
     if tb is not None:

@@ -21,7 +21,9 @@ What the authors' code does, and what this module reproduces:
 * **Negative term.** ``p = sigmoid(logit) * (1 - box_likelihood)``, loss ``p^gamma * BCE(p, 0)`` over every
   anchor and class of every image (an image without objects has box likelihood 0, so ``p = sigmoid``).
 * **Normalisers over the whole batch.** positive: ``sum / max(#objects, 1) * alpha``; negative:
-  ``sum / max(#objects * bag_size, 1) * (1 - alpha)``.
+  ``sum / max(#objects * bag_size, 1) * (1 - alpha)``. Under torchrun ``#objects`` is the mean over the
+  ranks (``distributed.mean_across_ranks``, like RetinaNet's positive count), so DDP's averaged gradients
+  equal one process's on the same global batch.
 
 Differences from the references (all small and deliberate) and implementation notes:
 
@@ -59,6 +61,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_iou
 
 from anchorlab.boxes import BoxCoder
+from anchorlab.distributed import mean_across_ranks
 
 __all__ = ["free_anchor_loss", "mean_max", "smooth_l1_sum"]
 
@@ -176,6 +179,8 @@ def free_anchor_loss(
         if low < 0 or high >= num_classes:
             raise ValueError(f"free_anchor_loss: labels must be in 0..{num_classes - 1}, got {low}..{high}")
 
+    # The same object count on every rank (a collective: every rank calls it, with or without objects).
+    mean_objects = mean_across_ranks(box_deltas.new_tensor(float(num_objects))).to(dtype)
     cls_prob = torch.sigmoid(cls_logits)  # [B, R, K]
 
     # Positive bags: one row of `k` anchors per object, the objects of all images stacked.
@@ -193,7 +198,7 @@ def free_anchor_loss(
         targets = coder.encode(anchors[matched], all_boxes[:, None, :])  # [M, k, 4]
         reg = smooth_l1_sum(box_deltas.reshape(-1, 4)[rows], targets, smoothl1_beta)  # [M, k]
         bag = mean_max(matched_cls * torch.exp(-reg_weight * reg), dim=1).clamp(max=1.0)  # [M]
-        positive = F.binary_cross_entropy(bag, torch.ones_like(bag), reduction="sum") / num_objects
+        positive = F.binary_cross_entropy(bag, torch.ones_like(bag), reduction="sum") / mean_objects
     else:  # keep the regression branch in the graph (mmdetection)
         positive = box_deltas.sum() * 0
 
@@ -206,6 +211,6 @@ def free_anchor_loss(
         prob = prob.index_put((index,), prob[index] * (1 - box_prob))
     zero = prob.new_zeros(()).expand_as(prob)  # BCE target without a dense allocation
     negative = (prob.pow(gamma) * F.binary_cross_entropy(prob, zero, reduction="none")).sum()
-    negative = negative / max(1, num_objects * bag_size)
+    negative = negative / (mean_objects * bag_size).clamp(min=1)
 
     return {"positive_bag_loss": positive * alpha, "negative_bag_loss": negative * (1 - alpha)}

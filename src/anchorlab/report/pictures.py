@@ -16,6 +16,7 @@ import numpy as np
 
 from anchorlab.config import Config
 from anchorlab.data.core import DetectionSet
+from anchorlab.io import make_dir, save_figure
 from anchorlab.report.assignment import STRATEGIES, ImageAssignment, check_strategies, image_assignment
 
 __all__ = ["draw_assignments", "save_pictures"]
@@ -90,10 +91,7 @@ def draw_assignments(items: Sequence[ImageAssignment], strategies: Sequence[str]
             if c == 0:
                 ax.set_ylabel(f"image {ia.record.id} ({len(ia.boxes)} obj)", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def save_pictures(
@@ -107,8 +105,7 @@ def save_pictures(
 ) -> list[Path]:
     """PNGs of the ``count`` most crowded images of ``report["crowded_images"]`` (most collisions, then most
     objects): ``OUT/assign_crowded.png`` with all of them and one ``OUT/assign_image_<id>.png`` each."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dir(out_dir)
     picks = [c["index"] for c in report.get("crowded_images", [])[: max(count, 0)]]
     if not picks:
         return []
