@@ -81,3 +81,12 @@ def test_convert_yolo_to_coco(tmp_path):
     res = runner.invoke(app, ["data", "convert", str(tmp_path / "y"), str(tmp_path / "o2.json"),
                               "--policy", "box_partly_outside=error"])  # fmt: skip
     assert res.exit_code == 1 and "nothing written" in res.output and not (tmp_path / "o2.json").exists()
+
+
+def test_convert_to_an_impossible_folder_is_a_clear_error(tmp_path):
+    root = _synth(tmp_path)
+    (tmp_path / "blocker").write_text("a file where the output folder should be")
+    dst = tmp_path / "blocker" / "out.json"
+    res = runner.invoke(app, ["data", "convert", str(root / "train.json"), str(dst)])
+    assert res.exit_code == 1, res.output
+    assert "error:" in res.output and "blocker" in res.output and "Traceback" not in res.output

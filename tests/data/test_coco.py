@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -207,7 +206,8 @@ def test_policy_validation():
         resolve_policy({"box_degenerate": "clip"})
 
 
-def test_36k_boxes_load_fast(tmp_path):
+def test_36k_boxes_load_and_validate_at_scale(tmp_path):
+    """Scale check of the vectorised loader (its speed is measured in bench/, not asserted here)."""
     rng = np.random.default_rng(0)
     n_img, per = 3000, 12
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 640, "height": 480} for i in range(1, n_img + 1)]
@@ -218,13 +218,10 @@ def test_36k_boxes_load_fast(tmp_path):
     cats = [{"id": c, "name": str(c)} for c in range(1, 6)]
     path = tmp_path / "big.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    t0 = time.perf_counter()
     report = ProblemReport()
     ds = load_coco(path, check_images="none", report=report)
-    elapsed = time.perf_counter() - t0
     assert len(ds) == n_img and sum(r.num_objects for r in ds.images) == n_img * per
     assert {p.kind for p in report.problems} == {"box_partly_outside"}
-    assert elapsed < 3.0, f"36k boxes took {elapsed:.2f} s"
 
 
 def test_random_boxes_every_annotation_is_kept_clipped_or_reported(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -42,7 +43,7 @@ POLICY_HELP = "Override a problem kind's action, KIND=error|clip|drop (repeatabl
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    _c.err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _c.err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -232,7 +233,10 @@ def convert(
         for p in report.errors[:20]:
             _c.err.print(f"  - {p}", highlight=False, markup=False)
         raise _fail(f"{src}: {len(report.errors)} error(s) remain; nothing written (see --policy)", 1)
-    write_coco(ds, dst, images_root=images_root)
+    try:
+        write_coco(ds, dst, images_root=images_root)
+    except OSError as exc:
+        raise _fail(str(exc), 1) from None
     _c.out.print(f"wrote {dst}: {_totals(ds)}", soft_wrap=True)
     if report.problems:
         _c.out.print(f"fixed on the way: {report.summary()}", highlight=False, soft_wrap=True)

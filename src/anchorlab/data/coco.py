@@ -244,9 +244,10 @@ def write_coco(
 ) -> Path:
     """Write ``ds`` as COCO JSON at ``path``; ``file_name``s are relative to ``images_root`` (default: the
     JSON's folder, so ``load_coco(path)`` finds the images again). Returns the path."""
+    from anchorlab.io import make_dir, write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     root = Path(images_root) if images_root is not None else path.parent
     text = json.dumps(coco_dict(ds, root), separators=(",", ":"))
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+    return write_text(path, text + "\n")
