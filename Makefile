@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint format install install-dev clean
+.PHONY: demo test lint format install install-dev clean bench-venv-yolo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,17 @@ lint: $(VENV)/.installed-dev
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
+
+# A separate venv with Ultralytics for bench/quality_per_minute.py only (never in $(VENV), which the tests
+# use); torch/torchvision come from the local wheels, the rest from PyPI.
+YOLO_VENV ?= bench/.venv-yolo
+$(YOLO_VENV)/.installed:
+	$(PYTHON) -m venv $(YOLO_VENV)
+	echo '*' > $(YOLO_VENV)/.gitignore
+	$(YOLO_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 ultralytics==8.4.190
+	touch $@
+
+bench-venv-yolo: $(YOLO_VENV)/.installed
 
 clean:
 	rm -rf runs build dist .pytest_cache
