@@ -1,4 +1,5 @@
-"""Benchmark: RetinaNet R50-FPN inference, batch 1, 512 px: the whole model and its post-processing alone.
+"""Benchmark: RetinaNet R50-FPN inference, batch 1, 512 px: the whole model and its post-processing alone
+(RetinaNet and FCOS).
 
 Whole model: ``model([image])`` in eval mode under ``torch.no_grad`` for torchvision's
 ``retinanet_resnet50_fpn`` (``min_size = max_size = 512``, no resize) and anchorlab's ``retinanet`` with
@@ -19,6 +20,14 @@ torchvision: ``model.postprocess_detections`` (score > 0.05, top 1000 per level,
 ``detections_per_img=100`` instead of its default 300, to match);
 anchorlab: ``Detector.head.postprocess`` with the same settings.
 
+FCOS (post-processing only): torchvision's ``fcos_resnet50_fpn`` built with the same settings
+(``score_thresh=0.05, nms_thresh=0.5, topk_candidates=1000, detections_per_img=100``; its defaults are
+0.2 / 0.6 / 1000 / 100) against ``FCOSHead.postprocess``, on the same logits ``[1, R, 80]``, centerness
+logits ~ N(0, 1) and distances (``(l, t, r, b)`` ~ U(0.5, 4) strides); anchorlab's points are
+torchvision's anchor centres and its distances are torchvision's size-normalised codes times the anchor
+size, so both decode the same boxes. Score ``sqrt(sigmoid(cls) * sigmoid(centerness))`` on both sides;
+``dense``: logits ~ N(-4.6, 1.5), ``sparse``: N(-8, 1).
+
 Run: ``.venv/bin/python bench/bench_inference.py [--threads 2] [--reps 7]``
 """
 
@@ -27,10 +36,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torchvision.models.detection import retinanet_resnet50_fpn
+from torchvision.models.detection import fcos_resnet50_fpn, retinanet_resnet50_fpn
+from torchvision.models.detection.image_list import ImageList
 
 from anchorlab.config import load_config
 from anchorlab.models import build_detector
+from anchorlab.models.heads.fcos import FCOSHead
 from common import interleaved, load_average, median_ms, random_images, setup, spread, table
 
 SIZE = 512
@@ -59,6 +70,54 @@ def head_case(theirs, image: torch.Tensor, mean: float, std: float, seed: int = 
     logits = mean + std * torch.randn(1, anchors.shape[0], K, generator=g)
     deltas = 0.1 * torch.randn(1, anchors.shape[0], 4, generator=g)
     return per_level, logits, deltas, anchors, image_list.image_sizes
+
+
+def fcos_case(theirs, mean: float, std: float, seed: int = 0):
+    """Shared FCOS inputs: torchvision's ``(outputs, anchors, image_sizes)`` and anchorlab's
+    ``(outputs, (points, strides))`` for the same scores and boxes."""
+    strides = (8, 16, 32, 64, 128)
+    sizes = [(SIZE // s, SIZE // s) for s in strides]
+    image_list = ImageList(torch.zeros(1, 3, SIZE, SIZE), [(SIZE, SIZE)])
+    anchors = theirs.anchor_generator(image_list, [torch.zeros(1, 1, h, w) for h, w in sizes])[0]  # [R, 4]
+    per_level = [h * w for h, w in sizes]
+    g = torch.Generator().manual_seed(seed)
+    logits = mean + std * torch.randn(1, anchors.shape[0], K, generator=g)
+    ctr = torch.randn(1, anchors.shape[0], 1, generator=g)
+    codes = 0.5 + 3.5 * torch.rand(1, anchors.shape[0], 4, generator=g)
+    tv = (
+        {
+            "cls_logits": list(logits.split(per_level, dim=1)),
+            "bbox_regression": list(codes.split(per_level, dim=1)),
+            "bbox_ctrness": list(ctr.split(per_level, dim=1)),
+        },
+        [list(anchors.split(per_level))],
+        image_list.image_sizes,
+    )
+    size = (anchors[:, 2:] - anchors[:, :2]).repeat(1, 2)  # [R, 4] (w, h, w, h)
+    ours = {
+        "cls_logits": logits,
+        "box_dist": codes * size,
+        "centerness": ctr[..., 0],
+        "num_priors_per_level": per_level,
+    }
+    points = (anchors[:, :2] + anchors[:, 2:]) / 2
+    return (
+        tv,
+        ours,
+        (points, torch.cat([torch.full((n,), float(s)) for n, s in zip(per_level, strides, strict=True)])),
+    )
+
+
+def compare(run_tv, run_ours, reps: int) -> tuple[float, float, int]:
+    """Assert equal detections; interleaved medians (ms) of both and the number of detections."""
+    a, b = run_tv()[0], run_ours()[0]
+    assert a["boxes"].shape == b["boxes"].shape, (a["boxes"].shape, b["boxes"].shape)
+    torch.testing.assert_close(a["scores"], b["scores"])
+    torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
+    assert torch.equal(a["labels"], b["labels"])
+    with torch.no_grad():
+        t = interleaved({"torchvision": run_tv, "ours": run_ours}, reps=max(3 * reps, 15), warmup=2)
+    return median_ms(t["torchvision"]), median_ms(t["ours"]), len(b["boxes"])
 
 
 def main() -> None:
@@ -92,6 +151,8 @@ def main() -> None:
 
     post_rows = []
     head = ours["ours_cl"].head
+    ours_total = median_ms(total["ours_cl"])
+    settings = {"score_thresh": 0.05, "topk_per_level": 1000, "nms_iou": 0.5, "max_detections": 100}
     for case, (mean, std) in {"dense": (-4.6, 1.5), "sparse": (-6.0, 1.0)}.items():
         per_level, logits, deltas, anchors, image_sizes = head_case(theirs, image, mean, std)
         tv_outputs = {
@@ -106,21 +167,37 @@ def main() -> None:
             return theirs.postprocess_detections(o, a, s)
 
         def run_ours(o=our_outputs, a=anchors, s=image_sizes):
-            return head.postprocess(o, a, s, score_thresh=0.05, topk_per_level=1000, nms_iou=0.5,
-                                    max_detections=100)  # fmt: skip
+            return head.postprocess(o, a, s, **settings)
 
-        a, b = run_tv()[0], run_ours()[0]
-        assert a["boxes"].shape == b["boxes"].shape, (a["boxes"].shape, b["boxes"].shape)
-        torch.testing.assert_close(a["scores"], b["scores"])
-        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
-        assert torch.equal(a["labels"], b["labels"])
-        with torch.no_grad():
-            t = interleaved({"torchvision": run_tv, "ours": run_ours}, reps=max(3 * args.reps, 15), warmup=2)
-        tv, us = median_ms(t["torchvision"]), median_ms(t["ours"])
+        tv, us, found = compare(run_tv, run_ours, args.reps)
         post_rows.append(
-            [case, candidates, len(b["boxes"]), f"{tv:.1f}", f"{us:.1f}", f"{us / tv:.2f}",
-             f"{100 * tv / tv_total:.1f} %", f"{100 * us / median_ms(total['ours_cl']):.1f} %"]
+            ["RetinaNet", case, candidates, found, f"{tv:.1f}", f"{us:.1f}", f"{us / tv:.2f}",
+             f"{100 * tv / tv_total:.1f} %", f"{100 * us / ours_total:.1f} %"]
         )  # fmt: skip
+        print(post_rows[-1], flush=True)
+
+    tv_fcos = fcos_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=K, min_size=SIZE, max_size=SIZE,
+        score_thresh=0.05, nms_thresh=0.5, topk_candidates=1000, detections_per_img=100,
+    ).eval()  # fmt: skip
+    our_fcos = FCOSHead(256, K, (8, 16, 32, 64, 128)).eval()
+    for case, (mean, std) in {"dense": (-4.6, 1.5), "sparse": (-8.0, 1.0)}.items():
+        tv_args, our_outputs, points = fcos_case(tv_fcos, mean, std)
+        scores = (our_outputs["cls_logits"].sigmoid() * our_outputs["centerness"].sigmoid()[..., None]).sqrt()
+        candidates = sum(
+            min(1000, int((lv > 0.05).sum())) for lv in scores.split(our_outputs["num_priors_per_level"], 1)
+        )
+
+        def run_tv(a=tv_args):
+            return tv_fcos.postprocess_detections(*a)
+
+        def run_ours(o=our_outputs, p=points):
+            return our_fcos.postprocess(o, p, [(SIZE, SIZE)], **settings)
+
+        tv, us, found = compare(run_tv, run_ours, args.reps)
+        post_rows.append(
+            ["FCOS", case, candidates, found, f"{tv:.1f}", f"{us:.1f}", f"{us / tv:.2f}", "-", "-"]
+        )
         print(post_rows[-1], flush=True)
 
     print(f"\nload average after: {load_average()}\n")
@@ -130,7 +207,7 @@ def main() -> None:
         "\nPost-processing alone (decode + top-k + NMS) on identical head outputs; "
         "detections asserted equal\n"
     )
-    print(table(["logits", "candidates into NMS", "detections", "torchvision ms", "ours ms", "ratio",
+    print(table(["head", "logits", "candidates into NMS", "detections", "torchvision ms", "ours ms", "ratio",
                  "tv share of total", "ours share of total (CL)"], post_rows))  # fmt: skip
 
 

@@ -15,9 +15,10 @@ only with weights) and all 5 stages trainable: anchorlab uses ``backbone.norm=bn
 torchvision's ``GeneralizedRCNNTransform`` gets ``min_size = max_size = image size`` so it does not
 resize; it normalises inside the model, as anchorlab's ``Detector.preprocess`` does. 80 classes, batch 2,
 random boxes; variants timed interleaved. Peak memory: ``VmHWM`` (peak RSS) of a fresh subprocess per model
-running 3 steps (absolute, and above the RSS right after building the model). Assignment + loss share:
-the detector's loss (assignment included) and its backward, timed on detached head outputs, over the
-median step.
+running 3 steps (absolute, and above the RSS right after building the model), plus torchvision's model in
+channels_last (``torchvision_cl``, memory only), to separate what channels_last itself costs.
+Assignment + loss share: the detector's loss (assignment included) and its backward, timed on detached
+head outputs, over the median step.
 
 Run: ``.venv/bin/python bench/bench_train_step.py [--quick] [--threads 2] [--models retinanet_r50,...]``
 """
@@ -90,7 +91,12 @@ def build_ours(name: str, channels_last: bool) -> nn.Module:
 
 def build(name: str, variant: str, size: int) -> nn.Module:
     torch.manual_seed(0)
-    model = build_theirs(name, size) if variant == "torchvision" else build_ours(name, variant == "ours_cl")
+    if variant.startswith("torchvision"):
+        model = build_theirs(name, size)
+        if variant == "torchvision_cl":  # memory probe only: what channels_last costs torchvision itself
+            model = model.to(memory_format=torch.channels_last)
+    else:
+        model = build_ours(name, variant == "ours_cl")
     return model.train()
 
 
@@ -211,11 +217,16 @@ def main() -> None:
             del models
         if not args.no_memory:
             size, objects = max(sizes), object_counts[0]
-            mem = {v: measure_memory(name, v, size, objects, args.threads) for v in variants}
+            mem_variants = (*variants, "torchvision_cl")
+            mem = {v: measure_memory(name, v, size, objects, args.threads) for v in mem_variants}
             mem_rows.append(
                 [name, size]
-                + [f"{mem[v]['peak']:.0f} ({mem[v]['peak'] - mem[v]['after_build']:.0f})" for v in variants]
+                + [
+                    f"{mem[v]['peak']:.0f} ({mem[v]['peak'] - mem[v]['after_build']:.0f})"
+                    for v in mem_variants
+                ]
                 + [f"{mem['ours_cl']['peak'] / mem['torchvision']['peak']:.2f}"]
+                + [f"{mem['ours_cl']['peak'] / mem['torchvision_cl']['peak']:.2f}"]
             )
             print(mem_rows[-1], flush=True)
     print(f"\nload average after: {load_average()}\n")
@@ -227,7 +238,8 @@ def main() -> None:
                 share_rows))  # fmt: skip
     if mem_rows:
         print("\nPeak RSS MiB of a fresh process, 3 steps (in brackets: above the RSS after building)\n")
-        print(table(["model", "px", "torchvision", "ours NCHW", "ours CL", "ours CL / tv"], mem_rows))
+        print(table(["model", "px", "torchvision", "ours NCHW", "ours CL", "torchvision CL", "ours CL / tv",
+                     "ours CL / tv CL"], mem_rows))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -30,13 +30,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms
 
 from anchorlab.anchors import grid_points
 from anchorlab.assign import IGNORE, fcos_assign, gather_matched, pad_boxes
 from anchorlab.distributed import mean_across_ranks
 from anchorlab.losses.basic import sigmoid_focal_loss
 from anchorlab.losses.iou import IOU_KINDS, iou_loss
+from anchorlab.models.heads.postprocess import gather_priors, level_topk, loose_bound, select_detections
 from anchorlab.models.heads.retina import _tower, flatten_levels
 
 __all__ = ["FCOSHead", "default_regress_ranges", "distances_to_boxes", "select_detections"]
@@ -55,60 +55,6 @@ def default_regress_ranges(strides: Sequence[int]) -> list[tuple[float, float]]:
 def distances_to_boxes(points: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
     """``points [..., 2]`` ``(x, y)`` and ``dist [..., 4]`` ``(l, t, r, b)`` -> xyxy boxes ``[..., 4]``."""
     return torch.cat((points - dist[..., :2], points + dist[..., 2:]), dim=-1)
-
-
-def level_topk(
-    scores: torch.Tensor, counts: Sequence[int], k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per level, the ``k`` best (prior, class) scores of each image, batched over images.
-
-    ``scores [B, R, K]`` with levels laid out as ``counts``; returns ``prior_index [B, N]`` (into R),
-    ``scores [B, N]`` and ``labels [B, N]`` with ``N`` the sum of ``min(k, count * K)`` over levels.
-    """
-    num_images, _, num_classes = scores.shape
-    index_parts, score_parts, label_parts = [], [], []
-    start = 0
-    for count in counts:
-        level = scores[:, start : start + count].reshape(num_images, count * num_classes)
-        top, index = level.topk(min(k, count * num_classes), dim=1)
-        index_parts.append(index // num_classes + start)
-        score_parts.append(top)
-        label_parts.append(index % num_classes)
-        start += count
-    return torch.cat(index_parts, 1), torch.cat(score_parts, 1), torch.cat(label_parts, 1)
-
-
-def select_detections(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    image_sizes: Sequence[tuple[int, int]],
-    *,
-    score_thresh: float,
-    nms_iou: float | None,
-    max_detections: int,
-    return_pre_nms: bool = False,
-) -> list[dict[str, torch.Tensor]]:
-    """Clip candidates ``boxes [B, N, 4]`` to each image's ``(h, w)``, drop empty boxes and scores
-    ``<= score_thresh``, run class-wise NMS (skipped when ``nms_iou`` is None) and keep the
-    ``max_detections`` best, sorted by decreasing score. ``return_pre_nms`` adds the NMS inputs."""
-    hw = torch.tensor(image_sizes, device=boxes.device, dtype=boxes.dtype)  # [B, 2] (h, w)
-    upper = hw.flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, 4] (w, h, w, h)
-    boxes = torch.minimum(boxes.clamp(min=0), upper)
-    keep_all = (scores > score_thresh) & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
-    results = []
-    for i in range(boxes.shape[0]):
-        keep = keep_all[i]
-        b, s, lab = boxes[i][keep], scores[i][keep], labels[i][keep]
-        if nms_iou is None:
-            kept = s.argsort(descending=True)[:max_detections]
-        else:
-            kept = batched_nms(b, s, lab, nms_iou)[:max_detections]
-        det = {"boxes": b[kept], "scores": s[kept], "labels": lab[kept]}
-        if return_pre_nms:
-            det.update(pre_nms_boxes=b, pre_nms_scores=s, pre_nms_labels=lab)
-        results.append(det)
-    return results
 
 
 class FCOSHead(nn.Module):
@@ -284,17 +230,20 @@ class FCOSHead(nn.Module):
         return_pre_nms: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image (``boxes [D, 4]`` xyxy clipped, ``scores [D]``, ``labels [D]``,
-        ``D <= max_detections``); per level the ``topk_per_level`` best (point, class) scores, one batched
-        ``topk``; scores ``sqrt(sigmoid(cls) * sigmoid(centerness))``."""
+        ``D <= max_detections``); scores ``sqrt(sigmoid(cls) * sigmoid(centerness))``, per image and level
+        the ``topk_per_level`` best above ``score_thresh`` (``level_topk``), decode, NMS."""
         points = priors[0]
         cls_logits, box_dist = outputs["cls_logits"], outputs["box_dist"]
-        num_points = cls_logits.shape[1]
-        scores_all = (cls_logits.sigmoid() * outputs["centerness"].sigmoid()[..., None]).sqrt()
-        counts = outputs.get("num_priors_per_level") or [num_points]
-        point_index, scores, labels = level_topk(scores_all, counts, topk_per_level)
-        dist = box_dist.gather(1, point_index[..., None].expand(-1, -1, 4))
+        ctr = outputs["centerness"].sigmoid()  # [B, R]
+        point, scores, labels = level_topk(
+            cls_logits.amax(dim=-1).sigmoid() * ctr,  # each point's best score, squared
+            lambda rows: (gather_priors(cls_logits, rows).sigmoid() * ctr.gather(1, rows)[..., None]).sqrt(),
+            outputs.get("num_priors_per_level") or [cls_logits.shape[1]],
+            topk_per_level,
+            loose_bound(score_thresh * abs(score_thresh)),
+        )
         return select_detections(
-            distances_to_boxes(points[point_index], dist),
+            distances_to_boxes(points[point], gather_priors(box_dist, point)),
             scores,
             labels,
             image_sizes,

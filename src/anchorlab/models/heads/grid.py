@@ -34,7 +34,8 @@ from anchorlab.assign import gather_matched, grid_assign, pad_boxes
 from anchorlab.distributed import mean_across_ranks
 from anchorlab.losses.basic import l1_loss
 from anchorlab.losses.iou import iou_loss
-from anchorlab.models.heads.fcos import default_regress_ranges, level_topk, select_detections
+from anchorlab.models.heads.fcos import default_regress_ranges
+from anchorlab.models.heads.postprocess import gather_priors, level_topk, loose_bound, select_detections
 from anchorlab.models.heads.retina import _tower, flatten_levels
 
 __all__ = ["GRID_BOX_LOSSES", "GridHead", "GridPriors", "default_size_ranges"]
@@ -214,15 +215,19 @@ class GridHead(nn.Module):
         return_pre_nms: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image (``boxes [D, 4]`` xyxy clipped, ``scores [D]``, ``labels [D]``,
-        ``D <= max_detections``); score ``sigmoid(obj) * sigmoid(cls)``, per-level top-k, NMS."""
+        ``D <= max_detections``); score ``sigmoid(obj) * sigmoid(cls)``, per image and level the
+        ``topk_per_level`` best above ``score_thresh`` (``level_topk``), decode, NMS."""
         cls_logits, box_raw = outputs["cls_logits"], outputs["box_raw"]
-        num_cells = cls_logits.shape[1]
-        scores_all = outputs["obj_logits"].sigmoid()[..., None] * cls_logits.sigmoid()
-        counts = outputs.get("num_priors_per_level") or [num_cells]
-        cell, scores, labels = level_topk(scores_all, counts, topk_per_level)
-        raw = box_raw.gather(1, cell[..., None].expand(-1, -1, 4))
+        obj = outputs["obj_logits"].sigmoid()  # [B, R]
+        cell, scores, labels = level_topk(
+            obj * cls_logits.amax(dim=-1).sigmoid(),  # each cell's best score
+            lambda rows: obj.gather(1, rows)[..., None] * gather_priors(cls_logits, rows).sigmoid(),
+            outputs.get("num_priors_per_level") or [cls_logits.shape[1]],
+            topk_per_level,
+            loose_bound(score_thresh),
+        )
         return select_detections(
-            self.decode(raw, priors.corners[cell], priors.strides[cell]),
+            self.decode(gather_priors(box_raw, cell), priors.corners[cell], priors.strides[cell]),
             scores,
             labels,
             image_sizes,

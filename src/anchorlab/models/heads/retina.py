@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms
 
 from anchorlab.assign import IGNORE, gather_matched, max_iou_assign, pad_boxes
 from anchorlab.boxes import BoxCoder
@@ -27,6 +26,7 @@ from anchorlab.distributed import mean_across_ranks
 from anchorlab.losses.basic import PositiveNormalizer, l1_loss, sigmoid_focal_loss, smooth_l1_loss
 from anchorlab.losses.free_anchor import free_anchor_loss
 from anchorlab.losses.iou import iou_loss
+from anchorlab.models.heads.postprocess import gather_priors, level_topk, loose_bound, select_detections
 
 __all__ = ["BOX_LOSSES", "LOSS_MODES", "RetinaHead", "flatten_levels"]
 
@@ -255,42 +255,28 @@ class RetinaHead(nn.Module):
         """Detections per image: ``boxes [D, 4]`` xyxy clipped to the image's ``(h, w)``, ``scores [D]``,
         ``labels [D]``, ``D <= max_detections``, sorted by decreasing score.
 
-        Per level, the ``topk_per_level`` highest (anchor, class) scores of every image (one batched
-        ``topk``) above ``score_thresh`` are decoded; then class-wise NMS per image. With
+        Per image and level, the ``topk_per_level`` highest (anchor, class) scores (``level_topk``, batched
+        over images) above ``score_thresh`` are decoded; then class-wise NMS per image. With
         ``return_pre_nms`` the candidates entering NMS are returned too (``pre_nms_boxes``,
         ``pre_nms_scores``, ``pre_nms_labels``), e.g. for NMS-recall evaluation.
         """
         cls_logits, box_deltas = outputs["cls_logits"], outputs["box_deltas"]
-        num_images, num_anchors, num_classes = cls_logits.shape
-        per_level = outputs.get("num_priors_per_level") or [num_anchors]
-        cand_boxes, cand_logits, cand_labels = [], [], []
-        start = 0
-        for count in per_level:
-            logits = cls_logits[:, start : start + count].reshape(num_images, count * num_classes)
-            # sigmoid is monotonic: rank logits, then take the sigmoid of the k kept values only.
-            top_logits, index = logits.topk(min(topk_per_level, count * num_classes), dim=1)  # [B, k]
-            anchor_index = index // num_classes + start
-            deltas = box_deltas.gather(1, anchor_index[..., None].expand(-1, -1, 4))
-            cand_boxes.append(self.coder.decode(anchors[anchor_index], deltas))
-            cand_logits.append(top_logits)
-            cand_labels.append(index % num_classes)
-            start += count
-        boxes = torch.cat(cand_boxes, dim=1)  # [B, N, 4]
-        scores = torch.cat(cand_logits, dim=1).sigmoid()  # [B, N]
-        labels = torch.cat(cand_labels, dim=1)  # [B, N]
-
-        hw = torch.tensor(image_sizes, device=boxes.device, dtype=boxes.dtype)  # [B, 2] (h, w)
-        upper = hw.flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, 4] (w, h, w, h)
-        boxes = torch.minimum(boxes.clamp(min=0), upper)
-        keep_all = (scores > score_thresh) & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
-
-        results = []
-        for i in range(num_images):
-            keep = keep_all[i]
-            b, s, lab = boxes[i][keep], scores[i][keep], labels[i][keep]
-            kept = batched_nms(b, s, lab, nms_iou)[:max_detections]
-            det = {"boxes": b[kept], "scores": s[kept], "labels": lab[kept]}
-            if return_pre_nms:
-                det.update(pre_nms_boxes=b, pre_nms_scores=s, pre_nms_labels=lab)
-            results.append(det)
-        return results
+        # sigmoid is monotonic: rank logits, then take the sigmoid of the kept values only.
+        anchor, logits, labels = level_topk(
+            cls_logits.amax(dim=-1),
+            lambda rows: gather_priors(cls_logits, rows),
+            outputs.get("num_priors_per_level") or [cls_logits.shape[1]],
+            topk_per_level,
+            loose_bound(score_thresh, "logit"),
+        )
+        boxes = self.coder.decode(anchors[anchor], gather_priors(box_deltas, anchor))
+        return select_detections(
+            boxes,
+            logits.sigmoid(),
+            labels,
+            image_sizes,
+            score_thresh=score_thresh,
+            nms_iou=nms_iou,
+            max_detections=max_detections,
+            return_pre_nms=return_pre_nms,
+        )
