@@ -255,7 +255,8 @@ class TrainConfig(_Section):
     #: A non-finite loss stops training (keeping the last good checkpoint) or skips that step (counted).
     on_nonfinite: Literal["stop", "skip"] = "stop"
     #: Mixed precision (torch.autocast: float16 + GradScaler on CUDA, bfloat16 on CPU); losses stay float32.
-    amp: bool = False
+    #: "auto": on CUDA, and on CPUs with native bfloat16 (AVX512-BF16 / AMX), off elsewhere.
+    amp: bool | Literal["auto"] = False
     #: torch.compile the model (opt-in; the first iterations are slow while it compiles).
     compile: bool = False
     #: Keep an exponential moving average of the weights (engine/ema.py); eval and the checkpoint's

@@ -22,6 +22,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX): only then is CPU autocast
+    faster than float32 (1.5x for the quick ResNet-18 configs on an AVX512-BF16 Zen 5)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(setting: bool | str, device: torch.device) -> bool:
+    """``train.amp`` for ``device``: True / False as given; ``"auto"``: on CUDA, and on CPUs with native
+    bfloat16."""
+    if setting == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return bool(setting)
+
+
 def seed_everything(seed: int) -> None:
     """One seed for Python, numpy and torch (data order and augmentation are seeded by the loader)."""
     random.seed(seed)

@@ -40,6 +40,7 @@ from anchorlab.engine.common import (
     environment,
     move_targets,
     prepare_data,
+    resolve_amp,
     resolve_device,
     seed_everything,
     write_json,
@@ -213,7 +214,13 @@ def _train(
         (out / "log.jsonl").unlink(missing_ok=True)
     if main:
         write_text(out / "config.yaml", dump_config(cfg))
-        env = {**environment(), "seed": cfg.train.seed, "device": str(device), "world_size": world}
+        env = {
+            **environment(),
+            "seed": cfg.train.seed,
+            "device": str(device),
+            "world_size": world,
+            "amp": resolve_amp(cfg.train.amp, device),
+        }
         write_json(out / "environment.json", env)
     if tb is not None:
         tb.open(start, resume=resume)
@@ -227,8 +234,9 @@ def _train(
         )
     if cfg.train.compile:
         net = torch.compile(net)
+    amp = resolve_amp(cfg.train.amp, device)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
 
     def save(iteration: int, loader_state: dict | None = None, rng_state: dict | None = None) -> None:
         if not main:
@@ -264,7 +272,7 @@ def _train(
             batch, targets = next(loader)
             batch = batch.to(device, non_blocking=True)
             targets = move_targets(targets, device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.train.amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 losses = net(batch, targets)
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
