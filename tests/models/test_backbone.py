@@ -12,15 +12,6 @@ import torchvision
 from anchorlab.models.backbone import build_backbone
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine spin-wait each other out: use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_large"])
 @pytest.mark.parametrize(("min_level", "max_level"), [(3, 7), (2, 6)])
 def test_levels_strides_channels(name: str, min_level: int, max_level: int) -> None:

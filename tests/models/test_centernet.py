@@ -12,62 +12,18 @@ from anchorlab.config import ModelConfig
 from anchorlab.models import Detector, build_detector
 from anchorlab.models.heads.centernet import CenterNetHead
 
-NUM_CLASSES = 3
+from . import helpers
+from .helpers import NUM_CLASSES, synthetic_batch, train
 
 
 def tiny_config() -> ModelConfig:
-    return ModelConfig(
-        detector="centernet",
-        num_classes=NUM_CLASSES,
-        fpn={"channels": 32, "min_level": 2, "max_level": 5},
-        head={"channels": 32},
-        inference={"max_detections": 7, "score_thresh": 0.0},
+    return helpers.tiny_config(
+        "centernet", fpn={"channels": 32, "min_level": 2, "max_level": 5}, head={"channels": 32}
     )
 
 
-def synthetic_batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Two images of different sizes with 1 and 3 bright rectangles whose colour is the class."""
-    specs = [
-        ((96, 96), [(10, 12, 52, 60, 0)]),
-        ((80, 96), [(4, 6, 40, 30, 1), (50, 20, 90, 74, 2), (30, 40, 62, 70, 0)]),
-    ]
-    images, targets = [], []
-    for (h, w), objects in specs:
-        image = torch.full((3, h, w), 0.1)
-        for x1, y1, x2, y2, label in objects:
-            image[:, y1:y2, x1:x2] = 0.2
-            image[label, y1:y2, x1:x2] = 0.9
-        images.append(image)
-        boxes = torch.tensor([o[:4] for o in objects], dtype=torch.float32)
-        targets.append({"boxes": boxes, "labels": torch.tensor([o[4] for o in objects])})
-    return images, targets
-
-
-def train(model: Detector, iterations: int) -> list[float]:
-    images, targets = synthetic_batch()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    history = []
-    for _ in range(iterations):
-        total = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
-        history.append(float(total.detach()))
-    return history
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def trained(one_thread) -> tuple[Detector, list[float]]:
+def trained() -> tuple[Detector, list[float]]:
     torch.manual_seed(0)
     model = build_detector(tiny_config())
     return model, train(model, 40)

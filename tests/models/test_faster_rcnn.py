@@ -23,15 +23,6 @@ from anchorlab.models.heads.roi import RoIBoxHead, assign_proposals
 from anchorlab.models.heads.rpn import RegionProposalNetwork, nms_per_image
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine spin-wait each other out: use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(num_classes: int = 2, **overrides) -> ModelConfig:
     fields = {
         "detector": "faster_rcnn",
@@ -196,7 +187,7 @@ def average_precision_50(model: Detector, images, json_path, dataset) -> float:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread):
+def trained(tmp_path_factory):
     """4 synthetic 96 px images (1-2 shapes of 2 classes), 40 AdamW steps of 2 images."""
     root = tmp_path_factory.mktemp("synth")
     paths = make_synthetic(

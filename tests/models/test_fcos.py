@@ -13,63 +13,16 @@ from anchorlab.config import ModelConfig
 from anchorlab.models import Detector, build_detector
 from anchorlab.models.heads.fcos import FCOSHead, default_regress_ranges
 
-NUM_CLASSES = 3
+from . import helpers
+from .helpers import NUM_CLASSES, plant_logit, synthetic_batch, train
 
 
 def tiny_config(**fcos) -> ModelConfig:
-    return ModelConfig(
-        detector="fcos",
-        num_classes=NUM_CLASSES,
-        fpn={"channels": 32, "min_level": 3, "max_level": 5},
-        head={"channels": 32, "num_convs": 2, "norm": "gn"},
-        fcos=fcos,
-        inference={"max_detections": 7, "score_thresh": 0.0},
-    )
-
-
-def synthetic_batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Two images of different sizes with 1 and 3 bright rectangles whose colour is the class."""
-    specs = [
-        ((96, 96), [(10, 12, 52, 60, 0)]),
-        ((80, 96), [(4, 6, 40, 30, 1), (50, 20, 90, 74, 2), (30, 40, 62, 70, 0)]),
-    ]
-    images, targets = [], []
-    for (h, w), objects in specs:
-        image = torch.full((3, h, w), 0.1)
-        for x1, y1, x2, y2, label in objects:
-            image[:, y1:y2, x1:x2] = 0.2
-            image[label, y1:y2, x1:x2] = 0.9
-        images.append(image)
-        boxes = torch.tensor([o[:4] for o in objects], dtype=torch.float32)
-        targets.append({"boxes": boxes, "labels": torch.tensor([o[4] for o in objects])})
-    return images, targets
-
-
-def train(model: Detector, iterations: int) -> list[float]:
-    images, targets = synthetic_batch()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    history = []
-    for _ in range(iterations):
-        total = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
-        history.append(float(total.detach()))
-    return history
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return helpers.tiny_config("fcos", fpn={"channels": 32, "min_level": 3, "max_level": 5}, fcos=fcos)
 
 
 @pytest.fixture(scope="module")
-def trained(one_thread) -> tuple[Detector, list[float]]:
+def trained() -> tuple[Detector, list[float]]:
     torch.manual_seed(0)
     model = build_detector(tiny_config())
     return model, train(model, 40)
@@ -81,16 +34,7 @@ def test_outputs_are_flattened_in_the_points_order() -> None:
     torch.manual_seed(0)
     head = FCOSHead(8, NUM_CLASSES, [8, 16, 32], channels=8, num_convs=1).eval()
     level, y, x, k = 1, 2, 3, 2
-    calls = []
-
-    def plant(module, inputs, output):
-        if len(calls) == level:
-            output = output.clone()
-            output[0, k, y, x] = 100.0
-        calls.append(output.shape)
-        return output
-
-    head.cls_logits.register_forward_hook(plant)
+    plant_logit(head.cls_logits, level, (0, k, y, x))
     features = [torch.randn(1, 8, 12 // 2**i + 1, 10 // 2**i + 1) for i in range(3)]  # non-square maps
     sizes = [tuple(f.shape[-2:]) for f in features]
     with torch.no_grad():

@@ -9,63 +9,22 @@ import pytest
 import torch
 
 from anchorlab.config import ModelConfig
-from anchorlab.models import Detector, build_detector
+from anchorlab.models import build_detector
 from anchorlab.models.heads.grid import GRID_BOX_LOSSES, GridHead
 
-NUM_CLASSES = 3
+from . import helpers
+from .helpers import NUM_CLASSES, plant_logit, synthetic_batch, train
+
 STRIDES = [8, 16, 32]
 
 
 def tiny_config(box_loss: str = "giou", **grid) -> ModelConfig:
-    return ModelConfig(
-        detector="grid",
-        num_classes=NUM_CLASSES,
+    return helpers.tiny_config(
+        "grid",
         fpn={"channels": 16, "min_level": 3, "max_level": 5},
         head={"channels": 16, "num_convs": 1, "norm": "gn"},
         grid={"box_loss": box_loss, **grid},
-        inference={"max_detections": 7, "score_thresh": 0.0},
     )
-
-
-def synthetic_batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Two images of different sizes with 1 and 3 bright rectangles whose colour is the class."""
-    specs = [
-        ((96, 96), [(10, 12, 52, 60, 0)]),
-        ((80, 96), [(4, 6, 40, 30, 1), (50, 20, 90, 74, 2), (30, 40, 62, 70, 0)]),
-    ]
-    images, targets = [], []
-    for (h, w), objects in specs:
-        image = torch.full((3, h, w), 0.1)
-        for x1, y1, x2, y2, label in objects:
-            image[:, y1:y2, x1:x2] = 0.2
-            image[label, y1:y2, x1:x2] = 0.9
-        images.append(image)
-        boxes = torch.tensor([o[:4] for o in objects], dtype=torch.float32)
-        targets.append({"boxes": boxes, "labels": torch.tensor([o[4] for o in objects])})
-    return images, targets
-
-
-def train(model: Detector, iterations: int) -> list[float]:
-    images, targets = synthetic_batch()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
-    model.train()
-    history = []
-    for _ in range(iterations):
-        total = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
-        history.append(float(total.detach()))
-    return history
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _priors(head: GridHead, sizes):
@@ -78,16 +37,7 @@ def test_target_and_prediction_of_a_planted_object_share_the_flat_index() -> Non
     torch.manual_seed(0)
     head = GridHead(8, NUM_CLASSES, channels=8, num_convs=1).eval()
     level, y, x = 1, 2, 3
-    calls = []
-
-    def plant(module, inputs, output):
-        if len(calls) == level:
-            output = output.clone()
-            output[0, 0, y, x] = 100.0  # objectness channel
-        calls.append(output.shape)
-        return output
-
-    head.pred.register_forward_hook(plant)
+    plant_logit(head.pred, level, (0, 0, y, x))  # objectness channel
     features = [torch.randn(1, 8, 11 // 2**i + 1, 13 // 2**i + 1) for i in range(3)]  # non-square maps
     sizes = [tuple(f.shape[-2:]) for f in features]
     with torch.no_grad():

@@ -14,69 +14,19 @@ from anchorlab.data.batch import pad_images
 from anchorlab.models import Detector, RetinaHead, build_detector
 from anchorlab.models.heads.retina import flatten_levels
 
-NUM_CLASSES = 3
+from . import helpers
+from .helpers import NUM_CLASSES, plant_logit, synthetic_batch, train
 
 
 def tiny_config(detector: str = "retinanet", **loss) -> ModelConfig:
-    return ModelConfig(
-        detector=detector,
-        num_classes=NUM_CLASSES,
-        fpn={"channels": 32},
-        head={"channels": 32, "num_convs": 2, "norm": "gn"},
-        loss={"normalizer_momentum": 0.0, **loss},
-        inference={"max_detections": 7, "score_thresh": 0.0},
-        channels_last=True,
-    )
-
-
-def synthetic_batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Two images of different sizes with 1 and 3 bright rectangles whose colour is the class."""
-    specs = [
-        ((96, 96), [(10, 12, 52, 60, 0)]),
-        ((80, 96), [(4, 6, 40, 30, 1), (50, 20, 90, 74, 2), (30, 40, 62, 70, 0)]),
-    ]
-    images, targets = [], []
-    for (h, w), objects in specs:
-        image = torch.full((3, h, w), 0.1)
-        for x1, y1, x2, y2, label in objects:
-            image[:, y1:y2, x1:x2] = 0.2
-            image[label, y1:y2, x1:x2] = 0.9
-        images.append(image)
-        boxes = torch.tensor([o[:4] for o in objects], dtype=torch.float32)
-        targets.append({"boxes": boxes, "labels": torch.tensor([o[4] for o in objects])})
-    return images, targets
-
-
-def train(model: Detector, iterations: int) -> list[float]:
-    images, targets = synthetic_batch()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    history = []
-    for _ in range(iterations):
-        losses = model(images, targets)
-        total = sum(losses.values())
-        optimizer.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
-        history.append(float(total.detach()))
-    return history
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine spin-wait each other out (10x slower steps): use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return helpers.tiny_config(detector, loss={"normalizer_momentum": 0.0, **loss}, channels_last=True)
 
 
 @pytest.fixture(scope="module")
-def trained(one_thread) -> tuple[Detector, list[float]]:
+def trained() -> tuple[Detector, list[float]]:
     torch.manual_seed(0)
     model = build_detector(tiny_config())
-    return model, train(model, 30)
+    return model, train(model, 30, lr=1e-3)
 
 
 def test_level_order_of_head_outputs_matches_anchors() -> None:
@@ -86,16 +36,7 @@ def test_level_order_of_head_outputs_matches_anchors() -> None:
     generator = AnchorGenerator.retinanet()
     head = RetinaHead(8, 9, NUM_CLASSES, channels=8, num_convs=1).eval()
     level, y, x, a, k = 1, 2, 3, 4, 1
-    calls = []
-
-    def plant(module, inputs, output):
-        if len(calls) == level:
-            output = output.clone()
-            output[0, a * NUM_CLASSES + k, y, x] = 100.0
-        calls.append(output.shape)
-        return output
-
-    head.cls_logits.register_forward_hook(plant)
+    plant_logit(head.cls_logits, level, (0, a * NUM_CLASSES + k, y, x))
     features = [torch.randn(1, 8, 12 // 2**i + 1, 10 // 2**i + 1) for i in range(5)]  # non-square maps
     with torch.no_grad():
         logits = head(features)["cls_logits"]
@@ -258,7 +199,7 @@ def test_free_anchor_mode_trains() -> None:
     losses = model(images, targets)
     assert set(losses) == {"loss_positive_bag", "loss_negative_bag"}
     assert all(torch.isfinite(v) for v in losses.values())
-    history = train(model, 20)
+    history = train(model, 20, lr=1e-3)
     assert sum(history[-5:]) / 5 < 0.5 * sum(history[:5]) / 5, history  # measured ~0.2
 
 
