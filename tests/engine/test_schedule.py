@@ -34,3 +34,9 @@ def test_optimizer_excludes_norms_and_biases_from_decay(name):
     opt.step()
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.075)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_optimizers_are_fused_on_cpu(name: str) -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert build_optimizer(model, TrainConfig(optimizer=name)).defaults["fused"] is True

@@ -153,3 +153,10 @@ def test_config_errors() -> None:
         GridHead(4, 2, box_loss="smooth_l1")
     with pytest.raises(ValueError, match="box_loss"):
         tiny_config("smooth_l1")
+
+
+def test_objectness_starts_at_the_prior_and_classes_at_one_over_k() -> None:
+    head = GridHead(16, 4, channels=16, num_convs=1, prior_prob=0.01)
+    probs = torch.sigmoid(head.pred.bias.detach())
+    assert probs[0].item() == pytest.approx(0.01)
+    assert probs[1:5].tolist() == pytest.approx([0.25] * 4)

@@ -13,7 +13,9 @@ __all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum) or AdamW; no weight decay on norm layers and biases."""
+    """SGD (momentum) or AdamW; no weight decay on norm layers and biases. The fused implementations
+    (one kernel over all parameters; on CPU too) where the parameters' device has them: AdamW's step on
+    the quick ResNet-18 RetinaNet takes 14 ms fused vs 27-43 ms for the default (2 threads)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -23,9 +25,17 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    fused = _fused_supported(decay + no_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
+
+
+def _fused_supported(params: list[torch.Tensor]) -> bool | None:
+    """True when every parameter is a floating-point tensor on a device with fused optimizers (CPU, CUDA);
+    None (torch's default choice) otherwise."""
+    ok = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return True if ok else None
 
 
 def lr_factor(it: int, cfg: TrainConfig) -> float:

@@ -1,8 +1,10 @@
 """YOLO-style grid head: on every FPN level each cell predicts objectness, K class scores and one box.
 
 * A small tower shared across levels (``num_convs`` 3x3 convs) and one 3x3 predictor with ``1 + K + 4``
-  channels per cell: objectness, classes, ``(tx, ty, tw, th)``. Objectness and class biases start at the
-  prior probability.
+  channels per cell: objectness, classes, ``(tx, ty, tw, th)``. The objectness bias starts at the prior
+  probability (most cells are background); class scores are conditional on an object and trained on
+  positive cells only, so their biases start at ``1 / K`` (at 0.01 the first few hundred steps only
+  undid the prior: the quick grid's class loss stayed flat for ~200 iterations).
 * Box coding (YOLOX's anchor-free form, cell ``(gx, gy)`` of stride ``s``): centre
   ``((gx + sigmoid(tx)) s, (gy + sigmoid(ty)) s)`` -- always inside the cell that predicts it -- and size
   ``(exp(tw) s, exp(th) s)``, i.e. ``tw = log(w / s)``.
@@ -67,7 +69,7 @@ class GridHead(nn.Module):
         in_channels: channels of every FPN level.
         num_classes: foreground classes ``K``.
         channels, num_convs, norm: the shared tower ("none" | "gn" | "bn").
-        prior_prob: initial objectness and class probability.
+        prior_prob: initial objectness probability (class probabilities start at ``1 / K``).
         size_ranges: per-level ``(lo, hi)`` of ``max(w, h)`` in pixels; None: ``default_size_ranges``.
         move_losers: collision losers try the neighbour levels (``grid_assign``).
         box_loss: one of ``GRID_BOX_LOSSES``.
@@ -100,7 +102,8 @@ class GridHead(nn.Module):
         nn.init.normal_(self.pred.weight, std=0.01)
         nn.init.zeros_(self.pred.bias)
         with torch.no_grad():
-            self.pred.bias[: 1 + num_classes] = -math.log((1 - prior_prob) / prior_prob)
+            self.pred.bias[0] = -math.log((1 - prior_prob) / prior_prob)
+            self.pred.bias[1 : 1 + num_classes] = -math.log(max(num_classes - 1, 1e-6))  # sigmoid = 1 / K
         self.size_ranges = None if size_ranges is None else [(float(a), float(b)) for a, b in size_ranges]
         self.move_losers = move_losers
         self.box_loss = box_loss
