@@ -41,6 +41,12 @@ _QUICK_TRAIN: Tree = {
     "warmup_iters": 50,
     "schedule": "cosine",
     "clip_grad": 10.0,
+    # bfloat16 autocast where the CPU runs it natively (1.3x faster steps here, AP within noise), and an
+    # EMA of the weights spanning the last ~third of the run for evaluation (docs/training.md).
+    "amp": "auto",
+    "ema": True,
+    "ema_decay": 0.995,
+    "ema_tau": 100,
     "checkpoint_every": 200,
     "log_every": 10,
     "seed": 0,
@@ -178,7 +184,7 @@ _QUICK_MODELS: dict[str, Tree] = {
         "roi": {
             "max_level": 5,
             "pooler_size": 7,
-            "sampling_ratio": 2,
+            "sampling_ratio": 1,  # RoIAlign's CPU backward dominated the step at 2 (1.2x faster at 1)
             "fc_channels": 256,
             "pos_iou": 0.5,
             "batch_size_per_image": 64,
