@@ -1,5 +1,6 @@
 """``anchorlab compare`` end to end on the tiny budget: report files and rows, a failing detector, reuse of
-finished runs and --fresh, a self-contained HTML report, and presets that cannot drift from configs/."""
+finished runs and --fresh, parallel training (--jobs), a self-contained HTML report, and presets that cannot
+drift from configs/."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def test_report_files_and_rows(first_run):
         assert (first_run / name).is_file(), name
     results = json.loads((first_run / "results.json").read_text())
     assert results["detectors"] == ["retinanet", "free_anchor"]
-    assert results["environment"]["threads"] == 1
+    assert results["environment"]["threads"] == 1 and results["jobs"] == 1
     for det in ("retinanet", "free_anchor"):
         run = results["runs"][det]
         assert run["status"] == "ok" and run["error"] is None
@@ -88,14 +89,16 @@ def test_report_files_and_rows(first_run):
         assert run["metrics"]["nms_recall"]["num_objects"] > 0
         assert run["params_m"] > 1 and run["gflops"] > 0 and run["inference_ms"] > 0
         assert run["train_time_s"] > 0 and run["train_images_per_s"] > 0 and run["iterations"] == 6
-        assert run["eval_size"] == [96, 96]
+        assert run["eval_size"] == [96, 96] and run["jobs"] == 1
         assert (first_run / det / "checkpoint.pt").is_file() and (first_run / det / "result.json").is_file()
         # --threads holds inside training too (train() would otherwise pick the machine's core count)
         assert yaml.safe_load((first_run / det / "config.yaml").read_text())["train"]["threads"] == 1
     # the same backbone and model size: the two share the RetinaNet architecture
     assert results["runs"]["retinanet"]["params_m"] == results["runs"]["free_anchor"]["params_m"]
     assert set(results["assignment"]["strategies"]) == {"max_iou", "free_anchor", "fcos", "centernet", "grid"}
-    rows = _table_rows((first_run / "report.md").read_text())
+    report = (first_run / "report.md").read_text()
+    assert "Trainings ran" not in report  # the --jobs note
+    rows = _table_rows(report)
     assert set(rows) == {"retinanet", "free_anchor"}
     assert all(r[-1] == "ok" and len(r) == 15 for r in rows.values())
 
@@ -184,6 +187,32 @@ def test_failing_detector_is_reported_and_fresh_retrains(synth, tmp_path, monkey
         resolve_config("retinanet", overrides=["train.iterations=1"], **{**kwargs, "val": val})
     )
     assert copied != edited
+
+
+def test_parallel_jobs_report_a_failure_and_evaluate_the_rest(synth, tmp_path):
+    out = tmp_path / "cmp"
+    # anchors.sizes with one level: RetinaNet fails when its model is built (in the worker), FCOS has no
+    # anchors and trains; the config resolves for both
+    extra = ("--jobs", "2", "--set", "model.anchors.sizes=[[32]]", "--set", "train.iterations=2")
+    result = _cli(synth, out, "retinanet,fcos", *extra)
+    assert result.exit_code == 1 and "1 of 2 detectors failed" in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["jobs"] == 2
+    failed, ok = results["runs"]["retinanet"], results["runs"]["fcos"]
+    assert failed["status"] == "failed" and failed["error"].startswith("ValueError: model.anchors.sizes")
+    assert "build_anchor_generator" in (out / "retinanet" / "error.txt").read_text()  # the worker's traceback
+    assert ok["status"] == "ok" and ok["jobs"] == 2 and ok["train_threads"] == 1 and ok["iterations"] == 2
+    assert ok["metrics"]["nms_recall"]["num_objects"] > 0 and ok["inference_ms"] > 0 and ok["gflops"] > 0
+    assert json.loads((out / "fcos" / "result.json").read_text())["jobs"] == 2
+    report = (out / "report.md").read_text()
+    rows = _table_rows(report)
+    assert list(rows) == ["retinanet", "fcos"]  # the user's order
+    assert rows["retinanet"][-1].startswith("failed: ValueError") and rows["fcos"][-1] == "ok"
+    assert "Trainings ran 2 at a time with 1 torch thread each (fcos)" in report
+
+    result = _cli(synth, tmp_path / "zero", "fcos", "--jobs", "0")
+    assert result.exit_code == 1 and "--jobs must be >= 1" in result.output
+    assert not (tmp_path / "zero").exists()
 
 
 def test_unknown_detector_lists_the_available_ones(tmp_path):

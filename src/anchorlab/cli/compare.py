@@ -17,6 +17,8 @@ Examples:
 
   anchorlab compare --detectors retinanet,free_anchor --budget quick --out runs/compare
 
+  anchorlab compare --budget quick --jobs 2 --threads 1    # two trainings at once on a 2-core CPU
+
   anchorlab compare --data train.json --val val.json --budget standard --set train.batch_size=8
 
 Budgets: quick (built-in synthetic data, CPU minutes), tiny (seconds, for tests), standard (COCO 1x, GPU).
@@ -43,6 +45,12 @@ def compare_command(
     threads: int | None = typer.Option(
         None, "--threads", help="torch CPU threads for the whole comparison (default: torch's choice)."
     ),
+    jobs: int = typer.Option(
+        1,
+        "--jobs",
+        help="Train this many detectors at once, in separate processes (evaluation and timing stay one at "
+        "a time). With N jobs each gets cores / N torch threads unless --threads is given.",
+    ),
     set_: list[str] = typer.Option(
         None, "--set", help="Override key.path=value for every detector (repeatable)."
     ),
@@ -61,6 +69,8 @@ def compare_command(
             f"unknown detector {', '.join(map(repr, unknown)) or '(none given)'}; "
             f"available detectors: {', '.join(DETECTORS)}"
         )
+    if jobs < 1:
+        fail(f"--jobs must be >= 1 (detectors trained at once), got {jobs}")
     if budget not in BUDGETS:
         fail(f"unknown budget {budget!r}; available budgets: {', '.join(BUDGETS)}")
     console = Console(stderr=True)
@@ -75,6 +85,7 @@ def compare_command(
             base_config=config,
             overrides=list(set_ or []),
             threads=threads,
+            jobs=jobs,
             console=console,
         )
     except (ConfigError, DataError, OSError, ValueError) as exc:

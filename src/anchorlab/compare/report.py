@@ -101,6 +101,26 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _jobs_note(results: dict[str, Any]) -> str:
+    """The note under the table when trainings ran in parallel (``compare --jobs``), else ""."""
+    groups: dict[tuple[int, Any], list[str]] = defaultdict(list)
+    for det in results["detectors"]:
+        run = results["runs"][det]
+        if run.get("status") == "ok" and (run.get("jobs") or 1) > 1:
+            groups[(run["jobs"], run.get("train_threads"))].append(det)
+    if not groups:
+        return ""
+    parts = [
+        f"{jobs} at a time with {threads or 'the default'} torch thread{'' if threads == 1 else 's'} each "
+        f"({', '.join(dets)})"
+        for (jobs, threads), dets in groups.items()
+    ]
+    return (
+        f"Trainings ran {'; '.join(parts)} (--jobs): train s and train img/s are per training while sharing "
+        "the CPU; infer ms was measured afterwards, one detector at a time with nothing else running."
+    )
+
+
 def rich_table(results: dict[str, Any]) -> Table:
     """The results table for the console; print it with ``print_table`` so narrow terminals do not crop."""
     table = Table(
@@ -122,15 +142,17 @@ def print_table(results: dict[str, Any], console: Console) -> None:
     width = Measurement.get(console, console.options.update_width(400), table).maximum
     if width <= console.width:
         console.print(table)
-        return
-    wide = Console(  # Console.print(width=) cannot exceed the console's own width
-        file=console.file,
-        width=width,
-        force_terminal=console.is_terminal,
-        color_system=console.color_system,  # type: ignore[arg-type]
-        no_color=console.no_color,
-    )
-    wide.print(table)
+    else:
+        wide = Console(  # Console.print(width=) cannot exceed the console's own width
+            file=console.file,
+            width=width,
+            force_terminal=console.is_terminal,
+            color_system=console.color_system,  # type: ignore[arg-type]
+            no_color=console.no_color,
+        )
+        wide.print(table)
+    if note := _jobs_note(results):
+        console.print(note)
 
 
 # -- plots --------------------------------------------------------------------------------------------
@@ -349,6 +371,7 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
             f"objects, ignored priors."
         )
     legend = "; ".join(f"**{k}**: {v}" for k, v in COLUMNS.items())
+    note = _jobs_note(results)
     md = [
         "# anchorlab compare",
         "",
@@ -356,6 +379,7 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
         "",
         markdown_table(results),
         "",
+        *([note, ""] if note else []),
         legend,
         "",
     ]
@@ -378,6 +402,7 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
         "<h1>anchorlab compare</h1>",
         f"<p>{html.escape(_settings_text(results).replace('**', '').replace('`', ''))}</p>",
         _html_table(headers, rows),
+        f"<p>{html.escape(note)}</p>" if note else "",
         "<p>"
         + "<br>".join(f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in COLUMNS.items())
         + "</p>",

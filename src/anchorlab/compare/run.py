@@ -5,6 +5,7 @@ the user's overrides), train it into ``OUT/<detector>/`` with ``engine.train``, 
 split (COCO metrics, NMS recall, the IoU-0.5 precision-recall curve), time batch-1 inference and count
 parameters and forward FLOPs. A detector that fails is recorded with its error and the others go on; a
 finished run whose resolved config (and data files) did not change is reused unless ``fresh``.
+With ``jobs`` > 1 the trainings run that many at a time in worker processes (``compare.parallel``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import copy
 import hashlib
 import json
 import math
-import statistics
-import time
 import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -33,20 +32,15 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from torch.utils.flop_counter import FlopCounterMode
 
+from anchorlab.compare.measure import measure_speed, pr_curve, predict_and_score
+from anchorlab.compare.parallel import prepare_run_dir, train_parallel
 from anchorlab.compare.presets import budget_tree, check_budget, has_preset, model_tree
 from anchorlab.config import Config, ConfigError, apply_overrides, config_from_dict
-from anchorlab.data.core import DetectionSet
-from anchorlab.data.loader import read_rgb
 from anchorlab.engine.common import ensure_synthetic, environment, load_split, write_json
 from anchorlab.io import make_dir, write_text
 
 __all__ = ["compare", "config_hash", "json_safe", "measure_speed", "pr_curve", "resolve_config"]
-
-#: Inference timing: images timed (batch 1) after this many warm-up passes.
-SPEED_IMAGES = 10
-SPEED_WARMUP = 3
 
 
 def resolve_config(
@@ -109,97 +103,6 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def pr_curve(details: dict[str, Any], iou: float = 0.5) -> dict[str, Any]:
-    """Precision over COCO's 101 recall points at ``iou`` (area all, 100 detections), averaged over the
-    categories that have ground truth; from ``coco_eval_details``."""
-    precision = np.asarray(details["precision"])  # [T, R, K, A, M]
-    t = int(np.argmin(np.abs(np.asarray(details["iou_thresholds"]) - iou)))
-    area = list(details["area_ranges"]).index("all")
-    p = precision[t, :, :, area, -1]  # [R, K]
-    valid = (p > -1).all(axis=0)  # categories with ground truth
-    mean = p[:, valid].mean(axis=1) if valid.any() else np.full(p.shape[0], np.nan)
-    return {
-        "iou": float(details["iou_thresholds"][t]),
-        "recall": [round(float(r), 4) for r in details["recall_thresholds"]],
-        "precision": [None if np.isnan(v) else round(float(v), 5) for v in mean],
-    }
-
-
-def _evaluate(model: torch.nn.Module, cfg: Config, val_set: DetectionSet, console: Console):
-    """COCO metrics + NMS recall (as ``engine.evaluate.evaluate_model(with_nms_recall=True)``) and the PR
-    curve from ONE pass over the val split; returns ``(metrics, coco_results)``."""
-    from anchorlab.engine.evaluate import predict_dataset
-    from anchorlab.evaluation import coco_eval_details, coco_metrics, nms_recall
-
-    results, raw = predict_dataset(model, cfg, val_set, return_pre_nms=True, console=console)
-    metrics = coco_metrics(val_set.source, results)
-    metrics["nms_recall"] = nms_recall(
-        [torch.as_tensor(r.boxes) for r in val_set.images],
-        [r["pre_nms_boxes"] for r in raw],
-        [r["boxes"] for r in raw],
-        gt_labels=[torch.as_tensor(r.labels) for r in val_set.images],
-        pre_labels=[r["pre_nms_labels"] for r in raw],
-        post_labels=[r["labels"] for r in raw],
-    )
-    metrics["num_detections"] = len(results)
-    metrics["pr_curve"] = pr_curve(coco_eval_details(val_set.source, results))
-    return metrics, results
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def measure_speed(
-    model: torch.nn.Module,
-    cfg: Config,
-    val_set: DetectionSet,
-    *,
-    images: int = SPEED_IMAGES,
-    warmup: int = SPEED_WARMUP,
-) -> dict[str, Any]:
-    """Batch-1 inference time (median ms/image over the first ``images`` val images after ``warmup``
-    passes; eval mode, resized tensors on the device, pre- and post-processing included), parameters and
-    forward GFLOPs of one image at the eval size (``torch.utils.flop_counter``; a multiply-add = 2)."""
-    from anchorlab.engine.evaluate import eval_transforms
-
-    model.eval()
-    device = next(model.parameters()).device
-    transform = eval_transforms(cfg)
-    tensors = []
-    for record in val_set.images[: max(1, images)]:
-        target = {
-            "boxes": torch.zeros((0, 4)),
-            "labels": torch.zeros((0,), dtype=torch.int64),
-            "crowd": torch.zeros((0, 4)),
-            "image_id": record.id,
-        }
-        tensor, _ = transform(read_rgb(record.file), target)
-        tensors.append(tensor.to(device))
-    for _ in range(warmup):
-        model.predict([tensors[0]])
-    times = []
-    for tensor in tensors:
-        _sync(device)
-        start = time.perf_counter()
-        model.predict([tensor])
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    with FlopCounterMode(display=False) as counter:
-        model([tensors[0]])
-    div = getattr(model, "size_divisible", 1)
-    h, w = (int(s) for s in tensors[0].shape[-2:])
-    return {
-        "inference_ms": round(1000 * statistics.median(times), 3),
-        "timed_images": len(times),
-        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 4),
-        "gflops": round(counter.get_total_flops() / 1e9, 4),
-        "eval_size": [-(-h // div) * div, -(-w // div) * div],
-    }
-
-
 def json_safe(obj: Any) -> Any:
     """NaN and infinities -> None, numpy scalars -> Python numbers, recursively: strict JSON."""
     if isinstance(obj, dict):
@@ -213,48 +116,76 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def _run_one(
-    detector: str, cfg: Config, out: Path, *, fresh: bool, console: Console, show_progress: bool
-) -> dict[str, Any]:
-    """Train, evaluate and time one detector (or reuse its finished run); never raises on its failure."""
-    from anchorlab.engine.predict import load_trained
-    from anchorlab.engine.train import train
-
-    run_dir = out / detector
+def _reusable(detector: str, cfg: Config, out: Path, *, fresh: bool, console: Console) -> dict | None:
+    """The finished run of ``detector`` in ``OUT/<detector>`` when its config hash is unchanged (and not
+    ``fresh``), else None."""
+    run_dir, digest = out / detector, config_hash(cfg)
     result_path = run_dir / "result.json"
-    digest = config_hash(cfg)
     if not fresh and result_path.is_file():
         previous = json.loads(result_path.read_text())
         if previous.get("status") == "ok" and previous.get("config_hash") == digest:
             console.print(f"[dim]{detector}: finished run with the same config in {run_dir}, reused[/]")
             return {**previous, "run_dir": str(run_dir), "reused": True}
-    make_dir(run_dir)
-    result_path.unlink(missing_ok=True)
-    (run_dir / "error.txt").unlink(missing_ok=True)
-    result: dict[str, Any] = {"detector": detector, "config_hash": digest, "run_dir": str(run_dir)}
+    return None
+
+
+def _run_one(
+    detector: str,
+    cfg: Config,
+    out: Path,
+    *,
+    console: Console,
+    show_progress: bool,
+    trained: dict[str, Any] | None = None,
+    jobs: int = 1,
+) -> dict[str, Any]:
+    """Train (unless ``trained``, a ``parallel.train_worker`` result, has it done), evaluate and time one
+    detector; never raises on its failure. ``jobs``: trainings that ran at once (recorded)."""
+    from anchorlab.engine.predict import load_trained
+    from anchorlab.engine.train import train
+
+    run_dir = out / detector
+    if trained is None:
+        prepare_run_dir(run_dir)
+    result: dict[str, Any] = {
+        "detector": detector,
+        "config_hash": config_hash(cfg),
+        "run_dir": str(run_dir),
+        "jobs": jobs,
+        "train_threads": cfg.train.threads,
+    }
     try:
-        summary = train(cfg, evaluate=False, console=console, show_progress=show_progress)
-        model, _, _ = load_trained(run_dir / "checkpoint.pt", cfg.train.device)
-        val_set = load_split(cfg, "val")
-        metrics, detections = _evaluate(model, cfg, val_set, console)
-        write_json(run_dir / "detections.json", detections)
-        write_json(run_dir / "metrics.json", json_safe(metrics))
-        result.update(
-            status="ok",
-            error=None,
-            metrics=metrics,
-            iterations=summary["iterations"],
-            train_time_s=summary["train_time_s"],
-            train_images_per_s=summary["train_images_per_s"],
-            final_losses=summary["final_losses"],
-            **measure_speed(model, cfg, val_set),
-        )
+        if trained is None:
+            summary = train(cfg, evaluate=False, console=console, show_progress=show_progress)
+        elif "error" in trained:
+            summary = None
+            write_text(run_dir / "error.txt", trained["traceback"])
+            result.update(status="failed", error=trained["error"])
+        else:
+            summary = trained["summary"]
+        if summary is not None:
+            model, _, _ = load_trained(run_dir / "checkpoint.pt", cfg.train.device)
+            val_set = load_split(cfg, "val")
+            metrics, detections = predict_and_score(model, cfg, val_set, console)
+            write_json(run_dir / "detections.json", detections)
+            write_json(run_dir / "metrics.json", json_safe(metrics))
+            result.update(
+                status="ok",
+                error=None,
+                metrics=metrics,
+                iterations=summary["iterations"],
+                train_time_s=summary["train_time_s"],
+                train_images_per_s=summary["train_images_per_s"],
+                final_losses=summary["final_losses"],
+                **measure_speed(model, cfg, val_set),
+            )
     except Exception as exc:  # one detector's failure must not stop the comparison
         write_text(run_dir / "error.txt", traceback.format_exc())
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    if result["status"] == "failed":
         console.print(f"[bold red]{detector} failed[/]: {result['error']} (traceback: {run_dir}/error.txt)")
     result = json_safe(result)
-    write_json(result_path, result)
+    write_json(run_dir / "result.json", result)
     return {**result, "reused": False}
 
 
@@ -302,6 +233,7 @@ def compare(
     base_config: str | Path | None = None,
     overrides: Sequence[str] = (),
     threads: int | None = None,
+    jobs: int = 1,
     console: Console | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
@@ -311,6 +243,9 @@ def compare(
     ``threads`` sets ``torch.set_num_threads`` for the whole comparison, training included (it overrides
     every detector's ``train.threads``; restored after; None: each config's ``train.threads``); the count
     is recorded in ``results["environment"]["threads"]``.
+    ``jobs`` > 1 trains that many detectors at once in spawned processes (``compare.parallel``), each with
+    ``threads`` torch threads (default: the cores / jobs); evaluation and timing follow in this process,
+    one detector at a time. Recorded as ``results["jobs"]`` and per run (train times then share the CPU).
     Raises ``ValueError`` for unknown detector names and ``ConfigError`` when no detector's config
     resolves (a bad ``--set`` or missing data); a single detector's failure is recorded, not raised.
     """
@@ -326,6 +261,10 @@ def compare(
             f"available detectors: {', '.join(DETECTORS)}"
         )
     check_budget(budget)
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     out = Path(out)
     kwargs = {"budget": budget, "data": data, "val": val, "base_config": base_config, "overrides": overrides}
     configs: dict[str, Config | ConfigError] = {}
@@ -347,21 +286,40 @@ def compare(
     progress = _progress(console) if show_progress else None
     threads_before = torch.get_num_threads()
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     if progress:
         progress.start()
         task = progress.add_task("compare", total=len(detectors))
     try:
+        reused = {
+            det: r
+            for det, cfg in configs.items()
+            if isinstance(cfg, Config) and (r := _reusable(det, cfg, out, fresh=fresh, console=console))
+        }
+        to_train = [d for d, c in configs.items() if isinstance(c, Config) and d not in reused]
+        workers = min(jobs, len(to_train))
+        trained: dict[str, dict[str, Any]] = {}
+        if workers > 1:
+            chosen = {d: c for d, c in configs.items() if isinstance(c, Config) and d in to_train}
+            trained = train_parallel(chosen, workers, threads=threads, console=console, progress=progress)
         for i, det in enumerate(detectors):
             if progress:
                 progress.update(task, description=f"compare [{i + 1}/{len(detectors)}] {det}")
             cfg = configs[det]
             if isinstance(cfg, ConfigError):
                 runs[det] = {"detector": det, "status": "failed", "error": f"ConfigError: {cfg}"}
+            elif det in reused:
+                runs[det] = reused[det]
             else:
-                runs[det] = _run_one(det, cfg, out, fresh=fresh, console=console, show_progress=show_progress)
+                runs[det] = _run_one(
+                    det,
+                    cfg,
+                    out,
+                    console=console,
+                    show_progress=show_progress,
+                    trained=trained.get(det),
+                    jobs=workers if det in trained else 1,
+                )
             runs[det]["preset"] = "own" if has_preset(det) else "shared (no preset of its own)"
             if progress:
                 progress.advance(task)
@@ -376,6 +334,7 @@ def compare(
         results: dict[str, Any] = {
             "budget": budget,
             "detectors": detectors,
+            "jobs": jobs,
             "out": str(out),
             "data": {"train": shared.data.train, "val": shared.data.val, "images": shared.data.images},
             "shared": {
