@@ -24,8 +24,9 @@ install-dev: $(VENV)/.installed-dev
 
 # The main job: every detector trained and evaluated side by side on the built-in synthetic data
 # (generated on first use), with the report in $(DEMO_OUT)/report.{md,html} and the table printed.
+# Two trainings at a time with one thread each: 1.37x the throughput of one training on two threads.
 demo: $(VENV)/.installed
-	$(BIN)/anchorlab compare --budget quick --out $(DEMO_OUT)
+	$(BIN)/anchorlab compare --budget quick --jobs 2 --threads 1 --out $(DEMO_OUT)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

@@ -162,3 +162,23 @@ def test_photometric_is_v2_colour_jitter_and_leaves_boxes_unchanged(seed):
     for key in ("boxes", "labels", "crowd"):
         assert torch.equal(ta[key], tb[key]), key
     assert ta["size"] == tb["size"] and ta["scale"] == tb["scale"]
+
+
+def test_transforms_pickle_for_spawned_loader_workers() -> None:
+    """Spawned data-loader workers (macOS / Windows default, `compare --jobs`) pickle the transforms."""
+    import pickle
+
+    from anchorlab.data.transforms import build_transforms
+
+    for train in (True, False):
+        transform = pickle.loads(pickle.dumps(build_transforms(train, min_size=64, max_size=None)))
+        image, target = transform(
+            torch.rand(3, 32, 48),
+            {
+                "boxes": torch.tensor([[1.0, 2.0, 20.0, 30.0]]),
+                "labels": torch.tensor([1]),
+                "crowd": torch.tensor([[0.0, 0.0, 0.2, 0.2]]),
+            },
+        )
+        assert image.shape[-2:] == (64, 96) and target["boxes"].shape == (1, 4)
+        assert target["crowd"].shape == (0, 4)  # a crowd region below min_box_size is dropped

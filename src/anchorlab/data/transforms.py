@@ -108,7 +108,10 @@ class DetectionTransform:
         self.pipeline = pipeline
         self.clamp = v2.ClampBoundingBoxes()
         self.sanitize = v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=_get_labels)
-        self.sanitize_crowd = v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=None)
+        # a module-level getter, not labels_getter=None (torchvision turns that into a lambda, which cannot
+        # be pickled: data-loader workers under the spawn start method, the default on macOS and Windows
+        # and in `compare --jobs` workers, would fail)
+        self.sanitize_crowd = v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=_no_labels)
 
     def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
         height, width = int(image.shape[-2]), int(image.shape[-1])
@@ -147,6 +150,10 @@ class DetectionTransform:
 
 def _get_labels(sample: dict[str, Any]) -> torch.Tensor:
     return sample["labels"]
+
+
+def _no_labels(sample: dict[str, Any]) -> None:
+    return None
 
 
 def build_transforms(
