@@ -14,7 +14,7 @@ from anchorlab.engine.ema import ModelEMA, unwrap_model
 from anchorlab.engine.predict import load_trained
 from anchorlab.engine.train import train
 
-from .test_train import _same_weights, synth, tiny  # noqa: F401  (synth is a fixture)
+from .test_train import _same_weights, poison_loss_at, synth, tiny  # noqa: F401  (synth is a fixture)
 
 
 def _net() -> nn.Module:
@@ -101,24 +101,7 @@ def test_averages_the_module_under_distributed_data_parallel(tmp_path):
 
 
 def test_skipped_non_finite_steps_do_not_update(synth, tmp_path, monkeypatch):  # noqa: F811
-    real = train_module.build_detector
-
-    def poisoned(cfg):
-        model = real(cfg)
-        forward, calls = model.forward, {"n": 0}
-
-        def nan_at_3(*args, **kwargs):
-            out = forward(*args, **kwargs)
-            calls["n"] += 1
-            if calls["n"] == 3 and isinstance(out, dict):
-                key = sorted(out)[0]
-                out[key] = out[key] * float("nan")
-            return out
-
-        model.forward = nan_at_3
-        return model
-
-    monkeypatch.setattr(train_module, "build_detector", poisoned)
+    poison_loss_at(3, monkeypatch)
     cfg = tiny(synth, tmp_path / "skip", "train.iterations=4", "train.on_nonfinite=skip", "train.ema=true")
     summary = train(cfg, evaluate=False, show_progress=False)
     state = load_checkpoint(tmp_path / "skip" / "checkpoint.pt")

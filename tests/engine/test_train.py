@@ -123,27 +123,32 @@ def test_resume_after_interrupt_is_exact(synth, tmp_path, monkeypatch):
     assert [r["loss"] for r in full] == [r["loss"] for r in cut]
 
 
-def test_non_finite_loss_stops_with_iteration_and_part(synth, tmp_path, monkeypatch):
-    cfg = tiny(synth, tmp_path / "nan", "train.iterations=5")
+def poison_loss_at(call: int, monkeypatch) -> None:
+    """Make the first loss term NaN in the ``call``-th forward (1-based) of every detector built by
+    ``engine.train``."""
     real = train_module.build_detector
 
     def poisoned(cfg):
         model = real(cfg)
-        forward = model.forward
-        calls = {"n": 0}
+        forward, calls = model.forward, {"n": 0}
 
-        def nan_at_4(*args, **kwargs):
+        def nan_at(*args, **kwargs):
             out = forward(*args, **kwargs)
             calls["n"] += 1
-            if calls["n"] == 4 and isinstance(out, dict):
+            if calls["n"] == call and isinstance(out, dict):
                 key = sorted(out)[0]
                 out[key] = out[key] * float("nan")
             return out
 
-        model.forward = nan_at_4
+        model.forward = nan_at
         return model
 
     monkeypatch.setattr(train_module, "build_detector", poisoned)
+
+
+def test_non_finite_loss_stops_with_iteration_and_part(synth, tmp_path, monkeypatch):
+    cfg = tiny(synth, tmp_path / "nan", "train.iterations=5")
+    poison_loss_at(4, monkeypatch)
     with pytest.raises(TrainingError, match=r"iteration 3: loss \w+ is not finite"):
         train(cfg, evaluate=False, show_progress=False)
     assert load_checkpoint(tmp_path / "nan" / "checkpoint.pt")["iteration"] == 3
