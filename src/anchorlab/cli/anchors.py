@@ -233,10 +233,15 @@ def anchors(
     except (ConfigError, DataError, OSError, ValueError) as exc:
         _fail(exc)
 
+    ranges_fit = None
     if cfg.model.detector in ("fcos", "centernet", "grid"):
         err_console.print(
             f"note: the {cfg.model.detector} detector uses no anchors; numbers are for reference"
         )
+    if cfg.model.detector in ("fcos", "grid"):
+        from anchorlab.design.fit import fit_priors
+
+        ranges_fit = fit_priors(cfg, ds, seed=seed)
     console.print(
         f"{stats.num_objects} objects in {stats.num_images} images, sizes after resize "
         f"(min_size={cfg.data.min_size}, max_size={cfg.data.max_size}); "
@@ -279,6 +284,11 @@ def anchors(
         "shape_only_bpr": shape_bpr,
         "recommended": chosen.name,
     }
+    if ranges_fit is not None:
+        report["fitted_ranges"] = ranges_fit.to_dict()
+        console.print(
+            f"{ranges_fit.summary().replace('fit_anchors: ', '')} -- what `--fit-anchors` trains with"
+        )
     others = [p for p in proposals if p is not chosen]
     try:
         write_json(out / "anchor_stats.json", report)

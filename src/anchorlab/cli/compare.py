@@ -21,6 +21,8 @@ Examples:
 
   anchorlab compare --data train.json --val val.json --budget standard --set train.batch_size=8
 
+  anchorlab compare --data train.json --val val.json --fit-anchors   # priors fitted to your boxes
+
 Budgets: quick (built-in synthetic data, CPU minutes), tiny (seconds, for tests), standard (COCO 1x, GPU).
 Re-running reuses finished runs whose config did not change; --fresh retrains them.
 Writes OUT/results.json, OUT/report.md, OUT/report.html (self-contained) and the plots.
@@ -54,6 +56,12 @@ def compare_command(
     set_: list[str] = typer.Option(
         None, "--set", help="Override key.path=value for every detector (repeatable)."
     ),
+    fit_anchors: bool = typer.Option(
+        False,
+        "--fit-anchors",
+        help="Fit each detector's anchors or per-level scale ranges to the training boxes before training "
+        "(model.fit_anchors; OUT/<detector>/fit_anchors.json).",
+    ),
 ) -> None:
     """Train and evaluate detectors side by side on the same data, backbone, schedule and seed."""
     from anchorlab.compare.presets import BUDGETS
@@ -83,7 +91,7 @@ def compare_command(
             out=out,
             fresh=fresh,
             base_config=config,
-            overrides=list(set_ or []),
+            overrides=[*(set_ or []), *(["model.fit_anchors=true"] if fit_anchors else [])],
             threads=threads,
             jobs=jobs,
             console=console,

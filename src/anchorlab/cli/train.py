@@ -26,6 +26,12 @@ def train(
         "--tensorboard",
         help="Also log scalars to OUT/tensorboard/ (sets train.tensorboard; needs the tensorboard extra).",
     ),
+    fit_anchors: bool = typer.Option(
+        False,
+        "--fit-anchors",
+        help="Fit the anchors (anchor-based) or per-level scale ranges (FCOS, grid) to the training boxes "
+        "first (sets model.fit_anchors; result in OUT/fit_anchors.json and OUT/config.yaml).",
+    ),
 ) -> None:
     """Train a detector; checkpoints, log.jsonl and metrics.json go to train.out.
 
@@ -40,7 +46,8 @@ def train(
     from anchorlab.engine.train import train as run_train
 
     try:
-        cfg = load_config(config, [*(set_ or []), *(["train.tensorboard=true"] if tensorboard else [])])
+        flags = ["train.tensorboard=true"] * tensorboard + ["model.fit_anchors=true"] * fit_anchors
+        cfg = load_config(config, [*(set_ or []), *flags])
         summary = run_train(cfg, resume=resume, evaluate=not no_eval, console=console)
     except (
         ConfigError,

@@ -200,8 +200,15 @@ def _assignment(cfg: Config, out: Path, console: Console) -> dict[str, Any]:
             return cached
     try:
         with console.status("assignment report of the training split"):
-            report = assignment_report(load_split(cfg, "train"), cfg)
-        report = {"config_hash": digest, "model": "the budget's retinanet model section", **report}
+            train_set = load_split(cfg, "train")
+            model = "the budget's retinanet model section"
+            if cfg.model.fit_anchors:  # the anchor-based rows then show the anchors the runs trained with
+                from anchorlab.design.fit import apply_fit, fit_priors
+
+                apply_fit(cfg, fit_priors(cfg, train_set))
+                model += ", anchors fitted to the data (--fit-anchors)"
+            report = assignment_report(train_set, cfg)
+        report = {"config_hash": digest, "model": model, **report}
     except Exception as exc:  # the report is a summary of the data: the trained runs stay valid
         console.print(f"[bold red]assignment report failed[/]: {type(exc).__name__}: {exc}")
         report = {"config_hash": None, "error": f"{type(exc).__name__}: {exc}"}

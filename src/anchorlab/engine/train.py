@@ -187,6 +187,8 @@ def _train(
     main = rank == 0
     out = Path(cfg.train.out)
     train_set, val_set = prepare_data(cfg)
+    if cfg.model.fit_anchors:
+        _fit_priors(cfg, train_set, out, console if main else None)
     model = build_detector(cfg).to(device)
     if world > 1 and device.type == "cuda" and cfg.model.backbone.norm == "bn":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -370,6 +372,18 @@ def _train(
     if main:
         write_json(out / "summary.json", summary)
     return summary
+
+
+def _fit_priors(cfg: Config, train_set: Any, out: Path, console: Console | None) -> None:
+    """``model.fit_anchors``: fit the priors to the training boxes, in ``cfg`` (every rank computes the
+    same deterministic fit); the main process writes OUT/fit_anchors.json and prints one line."""
+    from anchorlab.design.fit import apply_fit, fit_priors
+
+    fit = fit_priors(cfg, train_set)
+    apply_fit(cfg, fit)
+    if console is not None:
+        write_json(out / "fit_anchors.json", fit.to_dict())
+        console.print(fit.summary())
 
 
 def _out_of_time(max_minutes: float | None, t_start: float, device: torch.device) -> bool:

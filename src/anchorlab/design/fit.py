@@ -1,0 +1,266 @@
+"""Fit a detector's priors to its training boxes before training (``model.fit_anchors``).
+
+* Anchor-based detectors (``retinanet``, ``free_anchor``, and Faster R-CNN's RPN): the two proposals of
+  ``anchorlab anchors`` (data ranges, k-means 1 - IoU) with the config's anchors per location, scored by
+  best possible recall on the real anchor grid (then mean best IoU); the best replaces ``model.anchors``
+  when it raises the recall by ``MIN_BPR_GAIN`` or more, else the config's anchors stay.
+* FCOS (``fcos.regress_ranges``) and the grid (``grid.size_ranges``): per-level ranges that send each object
+  to the level the fitted octave anchors would (three scales per octave, boundaries halfway in log scale
+  between one level's largest anchor and the next level's smallest), fitted on ``max(w, h)``; FCOS ranges
+  are in ``max(l, t, r, b)``, which is ``max(w, h) / 2`` at a box's centre.
+* CenterNet predicts on one level: nothing to fit.
+
+Shape legend (DESIGN.md): N objects (all images), L levels.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from anchorlab.anchors import AnchorGenerator
+from anchorlab.config import Config, ModelConfig
+from anchorlab.data.core import DetectionSet
+from anchorlab.design.grid_coverage import coverage
+from anchorlab.design.proposals import Proposal, propose_from_ranges, propose_kmeans
+from anchorlab.design.stats import ResizedBoxes, resize_boxes
+
+__all__ = [
+    "MAX_FIT_OBJECTS",
+    "MIN_BPR_GAIN",
+    "PriorFit",
+    "apply_fit",
+    "fit_priors",
+    "level_counts",
+    "scale_ranges",
+]
+
+#: A proposal replaces the config's anchors only when it raises the best possible recall by this much.
+MIN_BPR_GAIN = 0.005
+#: Above this many objects the fit uses a seeded sample of whole images (the coverage pass is O(N)).
+MAX_FIT_OBJECTS = 100_000
+
+
+@dataclass
+class PriorFit:
+    """What ``fit_priors`` chose: ``values`` maps a ``model`` sub-key (``"anchors"``,
+    ``"fcos.regress_ranges"``, ``"grid.size_ranges"``) to its new value (empty: keep the config);
+    ``report`` is JSON-ready (scores of every candidate, objects per level before and after)."""
+
+    detector: str
+    values: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the detector, the chosen values (an open last range as ``null``) and the report."""
+        values = {k: _json_ranges(v) if k.endswith("ranges") else v for k, v in self.values.items()}
+        return {"detector": self.detector, "values": values, **self.report, "notes": self.notes}
+
+    def summary(self) -> str:
+        """One line for the console."""
+        if self.detector == "centernet":
+            return "fit_anchors: centernet predicts on one level, nothing to fit"
+        if "anchors" in self.report:
+            r = self.report["anchors"]
+            chosen = r["chosen"]
+            return (
+                f"fit_anchors: {chosen} anchors (best possible recall {r['bpr'][chosen]:.3f} at IoU "
+                f"{r['pos_iou']:g}; the config's {r['bpr']['config']:.3f})"
+            )
+        r = self.report["ranges"]
+        return (
+            f"fit_anchors: {r['key']} {_fmt_ranges(r['fitted'])}; objects per level "
+            f"{r['objects_per_level']['fitted']} (the config's ranges: {r['objects_per_level']['config']})"
+        )
+
+
+def _fmt_ranges(ranges: list[list[float | None]]) -> str:
+    return "[" + ", ".join(f"({lo:g}, {'inf' if hi is None else f'{hi:g}'})" for lo, hi in ranges) + "]"
+
+
+def _json_ranges(ranges: list[tuple[float, float]]) -> list[list[float | None]]:
+    return [[lo, None if math.isinf(hi) else hi] for lo, hi in ranges]
+
+
+def _sample(boxes: ResizedBoxes, max_objects: int, seed: int) -> ResizedBoxes:
+    """Whole images drawn at random (seeded) until about ``max_objects`` objects; all when fewer."""
+    n = len(boxes.boxes)
+    if n <= max_objects:
+        return boxes
+    per_image = np.bincount(boxes.image_index, minlength=len(boxes.image_sizes))
+    order = np.random.default_rng(seed).permutation(len(per_image))
+    take = order[: int(np.searchsorted(np.cumsum(per_image[order]), max_objects)) + 1]
+    keep_img = np.zeros(len(per_image), bool)
+    keep_img[take] = True
+    new_index = np.cumsum(keep_img) - 1
+    keep = keep_img[boxes.image_index]
+    return ResizedBoxes(
+        boxes.boxes[keep],
+        boxes.labels[keep],
+        new_index[boxes.image_index[keep]],
+        boxes.image_sizes[keep_img],
+        boxes.class_names,
+        boxes.dropped,
+    )
+
+
+def scale_ranges(
+    sides: np.ndarray, levels: tuple[int, int], *, per_octave: int = 3
+) -> list[tuple[float, float]]:
+    """Per-level ``[lo, hi)`` ranges of an object's side (``sides [N]``, e.g. ``max(w, h)``): the level
+    split of the octave anchors ``propose_from_ranges`` fits to square boxes of these sides (the first
+    range from 0, the last to infinity)."""
+    sq = np.stack([sides, sides], 1).astype(np.float64)
+    base = propose_from_ranges(sq, levels=levels, scales_per_octave=per_octave, num_ratios=1).anchors[
+        "octave_base_scale"
+    ]
+    lo, hi = levels
+    mid = 2 ** ((2 * per_octave - 1) / (2 * per_octave))  # log-halfway: a level's top anchor -> next level
+    bounds = [0.0] + [float(f"{base * 2**level * mid:.4g}") for level in range(lo, hi)] + [math.inf]
+    return list(itertools.pairwise(bounds))
+
+
+def level_counts(values: np.ndarray, ranges: list[tuple[float, float]], first_level: int) -> dict[str, int]:
+    """How many of ``values [N]`` fall in each ``[lo, hi)`` range, keyed ``P<level>``."""
+    return {
+        f"P{first_level + i}": int(((values >= lo) & (values < hi)).sum())
+        for i, (lo, hi) in enumerate(ranges)
+    }
+
+
+def _anchor_generator(model: ModelConfig, anchors: dict[str, Any]) -> AnchorGenerator:
+    """The generator ``model.detector`` builds from ``model.anchors = anchors``."""
+    from anchorlab.config import AnchorConfig
+    from anchorlab.models.build import build_anchor_generator
+
+    a = AnchorConfig(**anchors)
+    levels = range(model.fpn.min_level, model.fpn.max_level + 1)
+    if model.detector == "faster_rcnn":  # the RPN reads sizes only (8 x stride when unset)
+        sizes = a.sizes or [[8.0 * 2**level] for level in levels]
+        return AnchorGenerator(sizes, [list(a.aspect_ratios)], [2**level for level in levels])
+    return build_anchor_generator(model.model_copy(update={"anchors": a}))
+
+
+def _as_sizes(p: Proposal) -> dict[str, Any]:
+    """An octave proposal as explicit per-level sizes (what the RPN reads)."""
+    a = p.anchors
+    if a.get("sizes") is not None:
+        return {"sizes": a["sizes"], "aspect_ratios": a["aspect_ratios"]}
+    n, b = a["scales_per_octave"], a["octave_base_scale"]
+    sizes = [
+        [float(f"{b * 2**level * 2 ** (j / n):.3g}") for j in range(n)]
+        for level in range(p.min_level, p.max_level + 1)
+    ]
+    return {"sizes": sizes, "aspect_ratios": a["aspect_ratios"]}
+
+
+def _fit_anchors(model: ModelConfig, boxes: ResizedBoxes, seed: int) -> PriorFit:
+    a = model.anchors
+    levels = (model.fpn.min_level, model.fpn.max_level)
+    ratios = len(a.aspect_ratios)
+    if a.sizes is not None:
+        per_level = len(a.sizes[0])
+    else:
+        per_level = 1 if model.detector == "faster_rcnn" else a.scales_per_octave
+    proposals = [
+        propose_from_ranges(boxes, levels=levels, scales_per_octave=per_level, num_ratios=ratios),
+        propose_kmeans(
+            boxes, levels=levels, anchors_per_level=per_level * ratios, num_ratios=ratios, seed=seed
+        ),
+    ]
+    current = a.model_dump(exclude={"sizes"} if a.sizes is None else set())
+    candidates = {"config": current}
+    for p in proposals:
+        candidates[p.name] = _as_sizes(p) if model.detector == "faster_rcnn" else p.anchors
+    pos_iou = model.rpn.pos_iou if model.detector == "faster_rcnn" else model.assign.pos_iou
+    scores = {
+        name: coverage(boxes, _anchor_generator(model, anchors), pos_iou=pos_iou).summary()
+        for name, anchors in candidates.items()
+    }
+    best = max(scores, key=lambda k: (scores[k]["bpr"], scores[k]["mean_best_iou"]))
+    chosen = best if scores[best]["bpr"] >= scores["config"]["bpr"] + MIN_BPR_GAIN else "config"
+    fit = PriorFit(model.detector)
+    if chosen != "config":
+        fit.values["anchors"] = {"sizes": None, **candidates[chosen]}
+        proposal = next(p for p in proposals if p.name == chosen)
+        fit.notes += [
+            f"{chosen}: {n}".replace("anchor_stats.json", "anchorlab anchors") for n in proposal.notes
+        ]
+    else:
+        fit.notes.append(
+            f"the config's anchors kept: no proposal raised the best possible recall by {MIN_BPR_GAIN:g}+"
+        )
+    fit.report["anchors"] = {
+        "pos_iou": pos_iou,
+        "chosen": chosen,
+        "candidates": candidates,
+        "bpr": {k: s["bpr"] for k, s in scores.items()},
+        "mean_best_iou": {k: s["mean_best_iou"] for k, s in scores.items()},
+    }
+    return fit
+
+
+def _fit_ranges(model: ModelConfig, boxes: ResizedBoxes) -> PriorFit:
+    from anchorlab.models.heads.fcos import default_regress_ranges
+
+    levels = (model.fpn.min_level, model.fpn.max_level)
+    side = boxes.wh.max(1)
+    ranges = scale_ranges(side, levels)
+    if model.detector == "fcos":  # max(l, t, r, b) at the centre is half the longer side
+        key, current, value = "fcos.regress_ranges", model.fcos.regress_ranges, side / 2
+        ranges = [(lo / 2, hi / 2) for lo, hi in ranges]
+    else:
+        key, current, value = "grid.size_ranges", model.grid.size_ranges, side
+    strides = [2**level for level in range(levels[0], levels[1] + 1)]
+    current = [tuple(r) for r in current] if current is not None else default_regress_ranges(strides)
+    fit = PriorFit(model.detector, values={key: ranges})
+    fit.report["ranges"] = {
+        "key": key,
+        "config": _json_ranges(current),
+        "fitted": _json_ranges(ranges),
+        "objects_per_level": {
+            "config": level_counts(value, current, levels[0]),
+            "fitted": level_counts(value, ranges, levels[0]),
+        },
+    }
+    return fit
+
+
+def fit_priors(cfg: Config, dataset: DetectionSet, *, seed: int | None = None) -> PriorFit:
+    """Fit ``cfg.model``'s anchors (anchor-based) or per-level scale ranges (FCOS, grid) to ``dataset``'s
+    boxes after ``cfg.data``'s resize. Deterministic for a ``seed`` (default ``train.seed``)."""
+    model = cfg.model
+    seed = cfg.train.seed if seed is None else seed
+    if model.detector == "centernet":
+        return PriorFit("centernet", notes=["centernet predicts on one level: nothing to fit"])
+    boxes = resize_boxes(dataset, min_size=cfg.data.min_size, max_size=cfg.data.max_size)
+    where = f" in {dataset.source}" if dataset.source else ""
+    if len(boxes.boxes) == 0:
+        raise ValueError(f"model.fit_anchors: no boxes{where} to fit the priors to")
+    n = len(boxes.boxes)
+    boxes = _sample(boxes, MAX_FIT_OBJECTS, seed)
+    if model.detector in ("fcos", "grid"):
+        fit = _fit_ranges(model, boxes)
+    else:
+        fit = _fit_anchors(model, boxes, seed)
+    fit.report["objects"] = {"total": n, "used": len(boxes.boxes)}
+    if len(boxes.boxes) < n:
+        fit.notes.append(f"fitted on {len(boxes.boxes)} of the {n} objects (whole images, seed {seed})")
+    return fit
+
+
+def apply_fit(cfg: Config, fit: PriorFit) -> None:
+    """Write ``fit.values`` into ``cfg.model`` in place (validated as any config value)."""
+    from anchorlab.config import AnchorConfig
+
+    for key, value in fit.values.items():
+        if key == "anchors":
+            cfg.model.anchors = AnchorConfig(**value)
+        else:
+            section, name = key.split(".")
+            setattr(getattr(cfg.model, section), name, value)

@@ -1,0 +1,184 @@
+"""``model.fit_anchors``: priors fitted to the training boxes (anchorlab.design.fit), with known answers,
+and end to end through ``anchorlab train --fit-anchors``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from anchorlab.cli import app
+from anchorlab.config import load_config
+from anchorlab.data import make_synthetic
+from anchorlab.data.core import Category, DetectionSet, ImageRecord
+from anchorlab.design import coverage, resize_boxes
+from anchorlab.design.fit import (
+    MIN_BPR_GAIN,
+    _anchor_generator,
+    _sample,
+    apply_fit,
+    fit_priors,
+    level_counts,
+    scale_ranges,
+)
+from anchorlab.engine.checkpoint import load_checkpoint
+from anchorlab.models import build_detector
+
+
+def boxes_set(wh: np.ndarray, size: int = 128, per_image: int = 4) -> DetectionSet:
+    """Boxes of ``wh [N, 2]`` spread over ``size`` x ``size`` images, ``per_image`` each, at seeded spots."""
+    rng = np.random.default_rng(0)
+    records = []
+    for i, start in enumerate(range(0, len(wh), per_image)):
+        chunk = wh[start : start + per_image]
+        xy = rng.uniform(0, size - chunk.max(0), (len(chunk), 2))
+        boxes = np.concatenate([xy, xy + chunk], 1).astype(np.float32)
+        records.append(ImageRecord(i, Path(f"{i}.png"), size, size, boxes, np.zeros(len(chunk), np.int64)))
+    return DetectionSet(records, [Category(1, "thing")])
+
+
+def cfg_for(detector: str, *extra: str):
+    return load_config(
+        None,
+        [
+            f"model.detector={detector}",
+            "model.num_classes=1",
+            "data.min_size=128",
+            "data.max_size=128",
+            "model.fpn.max_level=5",
+            *extra,
+        ],
+    )
+
+
+def test_tall_boxes_replace_square_ish_anchors_and_raise_recall():
+    rng = np.random.default_rng(1)
+    w = rng.uniform(10, 24, 200)
+    ds = boxes_set(np.stack([w, 3.2 * w], 1))  # h / w = 3.2: the default ratios (0.5, 1, 2) miss most
+    cfg = cfg_for("retinanet")
+    fit = fit_priors(cfg, ds)
+    r = fit.report["anchors"]
+    assert r["chosen"] != "config" and "anchors" in fit.values
+    assert r["bpr"][r["chosen"]] >= r["bpr"]["config"] + MIN_BPR_GAIN
+    assert max(fit.values["anchors"]["aspect_ratios"]) > 2.5
+    apply_fit(cfg, fit)
+    # the config now builds the generator the report scored, and that generator has the reported recall
+    gen = _anchor_generator(cfg.model, cfg.model.anchors.model_dump())
+    boxes = resize_boxes(ds, min_size=128, max_size=128)
+    assert coverage(boxes, gen, pos_iou=0.5).summary()["bpr"] == pytest.approx(r["bpr"][r["chosen"]])
+    build_detector(cfg)
+
+
+def test_anchors_that_already_fit_are_kept():
+    rng = np.random.default_rng(2)
+    side = 2 * 8 * 2 ** rng.integers(0, 3, 300) * 2 ** (rng.integers(0, 3, 300) / 3)  # exactly the anchors
+    ds = boxes_set(np.stack([side, side], 1), size=256, per_image=2)
+    cfg = cfg_for("retinanet", "model.anchors.octave_base_scale=2", "data.min_size=256", "data.max_size=256")
+    fit = fit_priors(cfg, ds)
+    assert fit.values == {} and fit.report["anchors"]["chosen"] == "config"
+    assert "kept" in fit.notes[0]
+
+
+def test_faster_rcnn_fit_gives_rpn_sizes_with_one_count_per_level():
+    rng = np.random.default_rng(3)
+    side = rng.uniform(12, 40, 300)
+    ds = boxes_set(np.stack([side, side * rng.uniform(0.8, 1.25, 300)], 1))
+    cfg = cfg_for("faster_rcnn", "model.fpn.min_level=2", "model.fpn.max_level=6")
+    fit = fit_priors(cfg, ds)
+    assert fit.report["anchors"]["chosen"] != "config"  # 8 x stride (32..512 px) is far off 12-40 px objects
+    sizes = fit.values["anchors"]["sizes"]
+    assert len(sizes) == 5 and {len(s) for s in sizes} == {1}
+    apply_fit(cfg, fit)
+    build_detector(cfg)
+
+
+def test_scale_ranges_known_answer_and_level_counts():
+    # every side 16 px: the fitted octave base is 16 / 8 = 2, so P3 ends at 2 * 8 * 2 ** (5 / 6)
+    ranges = scale_ranges(np.full(50, 16.0), (3, 5))
+    assert ranges[0][0] == 0 and math.isinf(ranges[-1][1]) and len(ranges) == 3
+    assert ranges[0][1] == pytest.approx(2 * 8 * 2 ** (5 / 6), rel=1e-3)
+    assert ranges[1][1] == pytest.approx(2 * ranges[0][1], rel=1e-3)
+    assert level_counts(np.array([1.0, 28.0, 29.0, 1e6]), ranges, 3) == {"P3": 2, "P4": 1, "P5": 1}
+
+
+@pytest.mark.parametrize("detector", ["fcos", "grid"])
+def test_ranges_spread_objects_the_defaults_put_on_one_level(detector):
+    rng = np.random.default_rng(4)
+    side = np.exp(rng.uniform(np.log(12), np.log(64), 400))  # all under FCOS's first default bound (64)
+    ds = boxes_set(np.stack([side, side], 1))
+    cfg = cfg_for(detector)
+    fit = fit_priors(cfg, ds)
+    r = fit.report["ranges"]
+    before, after = r["objects_per_level"]["config"], r["objects_per_level"]["fitted"]
+    assert sum(before.values()) == sum(after.values()) == 400
+    if detector == "fcos":
+        assert before == {"P3": 400, "P4": 0, "P5": 0}
+    assert all(n > 0 for n in after.values()) and max(after.values()) < 0.7 * 400
+    grid_ranges = scale_ranges(side, (3, 5))
+    expected = [(lo / 2, hi / 2) for lo, hi in grid_ranges] if detector == "fcos" else grid_ranges
+    assert fit.values[r["key"]] == expected
+    apply_fit(cfg, fit)
+    assert [tuple(x) for x in getattr(cfg.model, detector).model_dump()[r["key"].split(".")[1]]] == expected
+    json.dumps(fit.to_dict(), allow_nan=False)  # the open last range is written as null
+    build_detector(cfg)
+
+
+def test_centernet_has_nothing_to_fit_and_empty_data_is_an_error():
+    ds = boxes_set(np.full((8, 2), 20.0))
+    fit = fit_priors(cfg_for("centernet", "model.fpn.min_level=2"), ds)
+    assert fit.values == {} and "nothing to fit" in fit.summary()
+    empty = DetectionSet(
+        [ImageRecord(0, Path("0.png"), 64, 64, np.zeros((0, 4), np.float32), np.zeros(0))], []
+    )
+    with pytest.raises(ValueError, match="no boxes"):
+        fit_priors(cfg_for("retinanet"), empty)
+
+
+def test_large_sets_are_sampled_by_whole_images_deterministically():
+    boxes = resize_boxes(boxes_set(np.full((400, 2), 20.0)), min_size=128, max_size=128)
+    a, b = _sample(boxes, 101, seed=0), _sample(boxes, 101, seed=0)
+    assert np.array_equal(a.boxes, b.boxes) and 101 <= len(a.boxes) < 101 + 4
+    assert len(a.boxes) % 4 == 0 and a.image_index.max() == len(a.image_sizes) - 1
+    assert _sample(boxes, 10_000, seed=0) is boxes
+
+
+def test_cli_train_fit_anchors_records_the_fit_and_trains_with_it(tmp_path):
+    synth = make_synthetic(
+        tmp_path / "d", images=8, seed=0, size=96, min_object=12, max_object=40, objects=(1, 3)
+    )
+    cfg = load_config(
+        None,
+        [
+            "model.detector=fcos",
+            f"data.train={synth.train}",
+            f"data.val={synth.val}",
+            "data.min_size=96",
+            "data.max_size=96",
+            "model.fpn.channels=16",
+            "model.fpn.max_level=5",
+            "model.head.channels=16",
+            "model.head.num_convs=1",
+            "train.iterations=2",
+            "train.batch_size=2",
+            "train.workers=0",
+            "train.threads=1",
+            "train.device=cpu",
+            f"train.out={tmp_path / 'run'}",
+        ],
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["train", str(path), "--no-eval", "--fit-anchors"])
+    assert result.exit_code == 0, result.output
+    assert "fit_anchors: fcos.regress_ranges" in result.stderr
+    fitted = json.loads((tmp_path / "run" / "fit_anchors.json").read_text())["values"]["fcos.regress_ranges"]
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
+    assert recorded["fit_anchors"] is True
+    assert [[lo, None if math.isinf(hi) else hi] for lo, hi in recorded["fcos"]["regress_ranges"]] == fitted
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["config"]["model"]["fcos"]["regress_ranges"][0][1] == fitted[0][1] != 64.0
