@@ -182,3 +182,13 @@ def test_cli_train_fit_anchors_records_the_fit_and_trains_with_it(tmp_path):
     assert [[lo, None if math.isinf(hi) else hi] for lo, hi in recorded["fcos"]["regress_ranges"]] == fitted
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["config"]["model"]["fcos"]["regress_ranges"][0][1] == fitted[0][1] != 64.0
+
+
+def test_levels_no_object_uses_are_named_with_the_max_level_that_skips_them():
+    side = np.linspace(10, 20, 80)  # all far below P4's range: the fitted base is clipped to 2
+    fit = fit_priors(cfg_for("fcos"), boxes_set(np.stack([side, side], 1)))
+    assert fit.report["ranges"]["objects_per_level"]["fitted"] == {"P3": 80, "P4": 0, "P5": 0}
+    assert any("P4, P5: model.fpn.max_level=3" in n for n in fit.notes), fit.notes
+    anchors = fit_priors(cfg_for("retinanet"), boxes_set(np.stack([side, side], 1)))
+    assert anchors.report["anchors"]["objects_per_best_level"]["P5"] == 0
+    assert any("best anchor on P4, P5: model.fpn.max_level=3" in n for n in anchors.notes), anchors.notes

@@ -195,14 +195,34 @@ def _fit_anchors(model: ModelConfig, boxes: ResizedBoxes, seed: int) -> PriorFit
         fit.notes.append(
             f"the config's anchors kept: no proposal raised the best possible recall by {MIN_BPR_GAIN:g}+"
         )
+    per_level = {name: info["objects"] for name, info in scores[chosen]["per_level"].items()}
     fit.report["anchors"] = {
         "pos_iou": pos_iou,
         "chosen": chosen,
         "candidates": candidates,
         "bpr": {k: s["bpr"] for k, s in scores.items()},
         "mean_best_iou": {k: s["mean_best_iou"] for k, s in scores.items()},
+        "objects_per_best_level": per_level,
     }
+    fit.notes += _idle_levels(per_level, "has its best anchor on")
     return fit
+
+
+def _idle_levels(per_level: dict[str, int], what: str) -> list[str]:
+    """A note per end of the pyramid whose levels no object uses (dropping them saves their compute)."""
+    names = list(per_level)
+    used = [i for i, name in enumerate(names) if per_level[name] > 0]
+    if not used:
+        return []
+    notes = []
+    if used[-1] < len(names) - 1:
+        top = ", ".join(names[used[-1] + 1 :])
+        notes.append(
+            f"no object {what} {top}: model.fpn.max_level={names[used[-1]][1:]} would skip its compute"
+        )
+    if used[0] > 0:
+        notes.append(f"no object {what} {', '.join(names[: used[0]])}")
+    return notes
 
 
 def _fit_ranges(model: ModelConfig, boxes: ResizedBoxes) -> PriorFit:
@@ -219,6 +239,7 @@ def _fit_ranges(model: ModelConfig, boxes: ResizedBoxes) -> PriorFit:
     strides = [2**level for level in range(levels[0], levels[1] + 1)]
     current = [tuple(r) for r in current] if current is not None else default_regress_ranges(strides)
     fit = PriorFit(model.detector, values={key: ranges})
+    fit.notes += _idle_levels(level_counts(value, ranges, levels[0]), "falls in the range of")
     fit.report["ranges"] = {
         "key": key,
         "config": _json_ranges(current),
