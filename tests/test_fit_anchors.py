@@ -24,7 +24,6 @@ from anchorlab.design.fit import (
     apply_fit,
     fit_priors,
     level_counts,
-    scale_ranges,
 )
 from anchorlab.engine.checkpoint import load_checkpoint
 from anchorlab.models import build_detector
@@ -97,35 +96,29 @@ def test_faster_rcnn_fit_gives_rpn_sizes_with_one_count_per_level():
     build_detector(cfg)
 
 
-def test_scale_ranges_known_answer_and_level_counts():
-    # every side 16 px: the fitted octave base is 16 / 8 = 2, so P3 ends at 2 * 8 * 2 ** (5 / 6)
-    ranges = scale_ranges(np.full(50, 16.0), (3, 5))
-    assert ranges[0][0] == 0 and math.isinf(ranges[-1][1]) and len(ranges) == 3
-    assert ranges[0][1] == pytest.approx(2 * 8 * 2 ** (5 / 6), rel=1e-3)
-    assert ranges[1][1] == pytest.approx(2 * ranges[0][1], rel=1e-3)
-    assert level_counts(np.array([1.0, 28.0, 29.0, 1e6]), ranges, 3) == {"P3": 2, "P4": 1, "P5": 1}
+def test_level_counts_are_half_open_ranges():
+    ranges = [(0.0, 28.0), (28.0, 56.0), (56.0, math.inf)]
+    assert level_counts(np.array([1.0, 27.9, 28.0, 1e6]), ranges, 3) == {"P3": 2, "P4": 1, "P5": 1}
 
 
 @pytest.mark.parametrize("detector", ["fcos", "grid"])
-def test_ranges_spread_objects_the_defaults_put_on_one_level(detector):
+def test_anchor_free_ranges_are_kept_and_each_levels_use_reported(detector):
+    # fitting the ranges to the data's scale cost 45 (FCOS) / 32 (grid) val AP50 points: they stay
     rng = np.random.default_rng(4)
-    side = np.exp(rng.uniform(np.log(12), np.log(64), 400))  # all under FCOS's first default bound (64)
-    ds = boxes_set(np.stack([side, side], 1))
+    side = np.exp(rng.uniform(np.log(12), np.log(100), 400))
     cfg = cfg_for(detector)
-    fit = fit_priors(cfg, ds)
+    before = cfg.model.model_dump()
+    fit = fit_priors(cfg, boxes_set(np.stack([side, side], 1)))
+    assert fit.values == {}
     r = fit.report["ranges"]
-    before, after = r["objects_per_level"]["config"], r["objects_per_level"]["fitted"]
-    assert sum(before.values()) == sum(after.values()) == 400
-    if detector == "fcos":
-        assert before == {"P3": 400, "P4": 0, "P5": 0}
-    assert all(n > 0 for n in after.values()) and max(after.values()) < 0.7 * 400
-    grid_ranges = scale_ranges(side, (3, 5))
-    expected = [(lo / 2, hi / 2) for lo, hi in grid_ranges] if detector == "fcos" else grid_ranges
-    assert fit.values[r["key"]] == expected
+    value = side / 2 if detector == "fcos" else side  # FCOS ranges are on max(l, t, r, b) at the centre
+    expected = {"P3": int((value < 64).sum()), "P4": int(((value >= 64) & (value < 128)).sum()), "P5": 0}
+    assert r["objects_per_level"] == expected and r["config"][0] == [0, 64]
+    idle = "P4, P5: model.fpn.max_level=3" if detector == "fcos" else "P5: model.fpn.max_level=4"
+    assert "kept" in fit.notes[0] and idle in fit.summary()
     apply_fit(cfg, fit)
-    assert [tuple(x) for x in getattr(cfg.model, detector).model_dump()[r["key"].split(".")[1]]] == expected
+    assert cfg.model.model_dump() == before
     json.dumps(fit.to_dict(), allow_nan=False)  # the open last range is written as null
-    build_detector(cfg)
 
 
 def test_centernet_has_nothing_to_fit_and_empty_data_is_an_error():
@@ -154,7 +147,8 @@ def test_cli_train_fit_anchors_records_the_fit_and_trains_with_it(tmp_path):
     cfg = load_config(
         None,
         [
-            "model.detector=fcos",
+            "model.detector=retinanet",
+            "model.anchors.octave_base_scale=16",  # 128-406 px anchors for 12-40 px objects
             f"data.train={synth.train}",
             f"data.val={synth.val}",
             "data.min_size=96",
@@ -175,19 +169,20 @@ def test_cli_train_fit_anchors_records_the_fit_and_trains_with_it(tmp_path):
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     result = CliRunner().invoke(app, ["train", str(path), "--no-eval", "--fit-anchors"])
     assert result.exit_code == 0, result.output
-    assert "fit_anchors: fcos.regress_ranges" in result.stderr
-    fitted = json.loads((tmp_path / "run" / "fit_anchors.json").read_text())["values"]["fcos.regress_ranges"]
+    assert "fit_anchors: " in result.stderr and "anchors (best possible recall" in result.stderr
+    fitted = json.loads((tmp_path / "run" / "fit_anchors.json").read_text())["values"]["anchors"]
     recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
     assert recorded["fit_anchors"] is True
-    assert [[lo, None if math.isinf(hi) else hi] for lo, hi in recorded["fcos"]["regress_ranges"]] == fitted
+    assert {k: recorded["anchors"][k] for k in fitted} == fitted
+    assert fitted.get("sizes") or fitted["octave_base_scale"] < 16
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert state["config"]["model"]["fcos"]["regress_ranges"][0][1] == fitted[0][1] != 64.0
+    assert state["config"]["model"]["anchors"] == recorded["anchors"]
 
 
 def test_levels_no_object_uses_are_named_with_the_max_level_that_skips_them():
-    side = np.linspace(10, 20, 80)  # all far below P4's range: the fitted base is clipped to 2
+    side = np.linspace(10, 20, 80)  # all far below P4's range
     fit = fit_priors(cfg_for("fcos"), boxes_set(np.stack([side, side], 1)))
-    assert fit.report["ranges"]["objects_per_level"]["fitted"] == {"P3": 80, "P4": 0, "P5": 0}
+    assert fit.report["ranges"]["objects_per_level"] == {"P3": 80, "P4": 0, "P5": 0}
     assert any("P4, P5: model.fpn.max_level=3" in n for n in fit.notes), fit.notes
     anchors = fit_priors(cfg_for("retinanet"), boxes_set(np.stack([side, side], 1)))
     assert anchors.report["anchors"]["objects_per_best_level"]["P5"] == 0

@@ -215,8 +215,9 @@ class ModelConfig(_Section):
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     #: Use channels_last memory format for the model and inputs (1.2-1.45x faster convs on this CPU).
     channels_last: bool = True
-    #: Before training, fit the anchors (anchor-based detectors) or the per-level scale ranges (FCOS,
-    #: grid) to the training boxes (``anchorlab.design.fit``); the run's config.yaml records the result.
+    #: Before training, fit the anchors (anchor-based detectors) to the training boxes; FCOS and the grid
+    #: keep their ranges and get a report of the levels' use (``anchorlab.design.fit``). The run's
+    #: config.yaml records the result.
     fit_anchors: bool = False
 
 

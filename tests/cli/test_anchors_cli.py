@@ -83,15 +83,15 @@ def test_anchors_help_has_an_example() -> None:
     assert result.exit_code == 0 and "Example: anchorlab anchors" in result.output
 
 
-def test_anchor_free_detectors_get_the_fitted_scale_ranges(coco: Path, tmp_path: Path) -> None:
+def test_anchor_free_detectors_get_their_levels_use(coco: Path, tmp_path: Path) -> None:
     sets = ["--set", "model.detector=grid", "--set", "data.min_size=96", "--set", "data.max_size=128"]
     out = tmp_path / "grid"
     result = runner.invoke(
         app, ["anchors", str(coco), *sets, "--set", "model.fpn.max_level=5", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert "grid.size_ranges [(0, " in result.stdout and "what `--fit-anchors` trains with" in result.stdout
-    fitted = json.loads((out / "anchor_stats.json").read_text())["fitted_ranges"]
-    counts = fitted["ranges"]["objects_per_level"]
-    assert sum(counts["fitted"].values()) == sum(counts["config"].values()) > 0
-    assert fitted["values"]["grid.size_ranges"][-1][1] is None  # the last level is open-ended
+    assert "levels: grid.size_ranges kept [(0, 64), " in result.stdout
+    use = json.loads((out / "anchor_stats.json").read_text())["level_use"]
+    assert use["values"] == {} and use["ranges"]["config"][-1][1] is None  # the last level is open-ended
+    objects = json.loads((out / "anchor_stats.json").read_text())["stats"]["num_objects"]
+    assert sum(use["ranges"]["objects_per_level"].values()) == objects > 0

@@ -285,10 +285,8 @@ def anchors(
         "recommended": chosen.name,
     }
     if ranges_fit is not None:
-        report["fitted_ranges"] = ranges_fit.to_dict()
-        console.print(
-            f"{ranges_fit.summary().replace('fit_anchors: ', '')} -- what `--fit-anchors` trains with"
-        )
+        report["level_use"] = ranges_fit.to_dict()
+        console.print(ranges_fit.summary().replace("fit_anchors: ", "levels: ", 1))
     others = [p for p in proposals if p is not chosen]
     try:
         write_json(out / "anchor_stats.json", report)

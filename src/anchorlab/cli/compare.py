@@ -21,7 +21,7 @@ Examples:
 
   anchorlab compare --data train.json --val val.json --budget standard --set train.batch_size=8
 
-  anchorlab compare --data train.json --val val.json --fit-anchors   # priors fitted to your boxes
+  anchorlab compare --data train.json --val val.json --fit-anchors   # anchors fitted to your boxes
 
 Budgets: quick (built-in synthetic data, CPU minutes), tiny (seconds, for tests), standard (COCO 1x, GPU).
 Re-running reuses finished runs whose config did not change; --fresh retrains them.
@@ -59,8 +59,8 @@ def compare_command(
     fit_anchors: bool = typer.Option(
         False,
         "--fit-anchors",
-        help="Fit each detector's anchors or per-level scale ranges to the training boxes before training "
-        "(model.fit_anchors; OUT/<detector>/fit_anchors.json).",
+        help="Fit the anchor-based detectors' anchors to the training boxes before training; FCOS and the "
+        "grid get a report of their levels' use (model.fit_anchors; OUT/<detector>/fit_anchors.json).",
     ),
 ) -> None:
     """Train and evaluate detectors side by side on the same data, backbone, schedule and seed."""

@@ -29,8 +29,9 @@ def train(
     fit_anchors: bool = typer.Option(
         False,
         "--fit-anchors",
-        help="Fit the anchors (anchor-based) or per-level scale ranges (FCOS, grid) to the training boxes "
-        "first (sets model.fit_anchors; result in OUT/fit_anchors.json and OUT/config.yaml).",
+        help="Fit the anchors (anchor-based detectors) to the training boxes first; FCOS and the grid get a "
+        "report of their levels' use (sets model.fit_anchors; result in OUT/fit_anchors.json and "
+        "OUT/config.yaml).",
     ),
 ) -> None:
     """Train a detector; checkpoints, log.jsonl and metrics.json go to train.out.
