@@ -25,14 +25,22 @@ if str(ROOT / "src") not in sys.path:  # run from a checkout without installing
 
 
 def cpu_name() -> str:
-    """The CPU model from ``/proc/cpuinfo`` (or ``platform.processor()``)."""
+    """The CPU model, family/model numbers and widest vector ISA from ``/proc/cpuinfo`` (virtual machines
+    often report only "AMD EPYC"; the ISA decides float32 vs bfloat16 speed), else the platform's name."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = dict(
+            (k.strip(), v.strip())
+            for k, _, v in (line.partition(":") for line in Path("/proc/cpuinfo").read_text().splitlines())
+            if v
+        )
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        return platform.processor() or "unknown CPU"
+    flags = set(info.get("flags", "").split())
+    isa = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in flags][:2] or ["no AVX2"]
+    return (
+        f"{info.get('model name', 'unknown CPU')} (family {info.get('cpu family', '?')} "
+        f"model {info.get('model', '?')}, {' + '.join(isa)})"
+    )
 
 
 def load_average() -> str:

@@ -90,7 +90,7 @@ def run_anchorlab(
     )
     probe.train.checkpoint_every = probe_iters
     train(probe, evaluate=False, show_progress=False)
-    rate = _rate_from_log(out / "probe" / "log.jsonl", data.batch_size, skip=min(3, probe_iters - 1))
+    rate = _rate_from_log(out / "probe" / "log.jsonl", data.batch_size, skip=max(1, probe_iters // 4))
     base = load_config(path, overrides)
     planned = max(1, int(rate * minutes * 60 / data.batch_size))
     cfg = load_config(

@@ -179,7 +179,7 @@ def main() -> None:
     p.add_argument("--synthetic-dir", default=str(ROOT / "data" / "qpm_synth_crowded"))
     p.add_argument("--size", type=int, default=128, help="image size (shorter side, longer side capped)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--probe-iters", type=int, default=12, help="iterations of anchorlab's speed probe")
+    p.add_argument("--probe-iters", type=int, default=40, help="iterations of anchorlab's speed probe")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--yolo-python", help="python of the Ultralytics venv (default bench/.venv-yolo/bin/python)"
