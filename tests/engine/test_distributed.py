@@ -13,9 +13,14 @@ import torch
 from anchorlab.config import dump_config, load_config
 from anchorlab.data import make_synthetic
 from anchorlab.engine.checkpoint import load_checkpoint
+from anchorlab.engine.common import seed_everything
+from anchorlab.models import build_detector
 
-#: Parameters after 4 SGD steps may differ by float summation order (gradient all-reduce vs one batch).
-WEIGHT_ATOL = 1e-5
+#: ||single - ddp|| / ||single - init|| after 2 SGD steps. Float summation order (all-reduce of two
+#: half-batches vs one batch, conv kernels picked per batch size) gives 1.7e-3 after two steps on an AVX2
+#: Zen 3 and 1.9e-2 after four (it grows from random init); a gradient or loss-normaliser bug (sum
+#: instead of mean, per-rank positives) is off by a large fraction of the update from the first step.
+UPDATE_RTOL = 1e-2
 
 
 def _config(tmp_path: Path, synth, detector: str) -> Path:
@@ -36,7 +41,7 @@ def _config(tmp_path: Path, synth, detector: str) -> Path:
             "model.head.norm=gn",
             "model.anchors.octave_base_scale=2",
             "model.loss.normalizer_momentum=0",
-            "train.iterations=4",
+            "train.iterations=2",
             "train.batch_size=4",
             "train.workers=0",
             "train.optimizer=sgd",
@@ -51,6 +56,13 @@ def _config(tmp_path: Path, synth, detector: str) -> Path:
     path = tmp_path / "cfg.yaml"
     path.write_text(dump_config(cfg))
     return path
+
+
+def _initial_weights(cfg_path: Path, num_classes: int) -> dict[str, torch.Tensor]:
+    """The weights both runs start from: ``train`` seeds, then builds the model."""
+    cfg = load_config(cfg_path, [f"model.num_classes={num_classes}"])
+    seed_everything(cfg.train.seed)
+    return build_detector(cfg).state_dict()
 
 
 def _run(args: list[str], out: Path) -> None:
@@ -82,11 +94,15 @@ def test_torchrun_two_processes_match_single_process(tmp_path, detector):
     ddp = [json.loads(x)["loss"] for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     # rank 0 logs its own half-batch losses; the first step's weights are identical, so compare the
     # parameters instead, which see the whole global batch through the gradient all-reduce
-    assert len(single) == len(ddp) == 4
-    a = load_checkpoint(tmp_path / "single" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["model"]
+    assert len(single) == len(ddp) == 2
+    state = load_checkpoint(tmp_path / "single" / "checkpoint.pt")
+    a, b = state["model"], load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["model"]
     assert a.keys() == b.keys()
-    worst = max((a[k] - b[k]).abs().max().item() for k in a if k != "head.loss_normalizer")
-    assert worst < WEIGHT_ATOL, worst
+    init = _initial_weights(cfg, state["config"]["model"]["num_classes"])
+    keys = [k for k in a if a[k].is_floating_point() and k != "head.loss_normalizer"]
+    flat = {name: torch.cat([w[k].flatten() for k in keys]) for name, w in (("a", a), ("b", b), ("i", init))}
+    update = (flat["a"] - flat["i"]).norm().item()
+    assert 0 < update < 0.05 * flat["i"].norm().item()  # the same initial weights as the runs
+    assert (flat["a"] - flat["b"]).norm().item() < UPDATE_RTOL * update
     if detector == "retinanet":
         assert a["head.loss_normalizer"] == 2 * b["head.loss_normalizer"]  # total vs per-rank mean positives
