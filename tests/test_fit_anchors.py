@@ -148,7 +148,7 @@ def test_cli_train_fit_anchors_records_the_fit_and_trains_with_it(tmp_path):
         None,
         [
             "model.detector=retinanet",
-            "model.anchors.octave_base_scale=16",  # 128-406 px anchors for 12-40 px objects
+            "model.anchors.octave_base_scale=16",  # anchors of 128 px and up for 12-40 px objects
             f"data.train={synth.train}",
             f"data.val={synth.val}",
             "data.min_size=96",

@@ -62,21 +62,21 @@ def plot_ap_by_size(results: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     x = np.arange(len(_SIZES))
     width = 0.8 / max(1, len(runs))
+    top = 0.0
     for i, (det, run) in enumerate(runs):
         values = [run["metrics"][k] for k, _ in _SIZES]
         heights = [100 * v if v is not None and v >= 0 else 0.0 for v in values]
+        top = max([top, *heights])
         bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, heights, width, label=det)
         for bar, v in zip(bars, values, strict=True):
-            text = "n/a" if v is None or v < 0 else f"{100 * v:.1f}"
             ax.annotate(
-                text,
+                pct(v),
                 (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                 ha="center",
                 va="bottom",
                 fontsize=7,
             )
     ax.set_xticks(x, [name for _, name in _SIZES])
-    top = max([100 * run["metrics"][k] for _, run in runs for k, _ in _SIZES], default=0.0)
     ax.set_ylim(0, max(1.0, 1.15 * top))
     ax.set(ylabel="AP (%)", title="AP by object size (COCO buckets)")
     ax.grid(axis="y", alpha=0.3)
