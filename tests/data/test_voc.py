@@ -102,8 +102,8 @@ def test_voc_to_coco_round_trip(tmp_path):
     root = _voc(tmp_path / "voc", GOOD)
     src = load_voc(root)
     out = tmp_path / "out" / "voc.json"
-    convert(root, out)
-    back = load_coco(out)
+    convert(root, out)  # images outside out's folder: file_names relative to their own folder
+    back = load_coco(out, images_dir=root / "JPEGImages")
     assert back.images[0].crowd_labels.tolist() == [1]  # the difficult car stays a car
     assert back.class_names == src.class_names and [c.id for c in back.categories] == [1, 2, 3]
     for r, s in zip(src.images, back.images, strict=True):

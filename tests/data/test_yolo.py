@@ -35,7 +35,7 @@ def test_load_yolo_boxes_names_and_background_images(tmp_path):
 
 
 def test_classes_txt_polygons_and_split_folders(tmp_path):
-    root = _yolo(tmp_path, {"x": "2 0.1 0.1 0.3 0.1 0.3 0.5\n"}, sub="val")
+    root = _yolo(tmp_path, {"x": "2 0.1 0.1 0.3 0.1 0.3 0.5 0.2 0.3\n"}, sub="val")
     (root / "classes.txt").write_text("a\nb\nc\n")
     (root / "data.yaml").write_text("train: images/train\nval: images/val\n")
     ds = load_yolo(root / "data.yaml", split="val")
@@ -92,3 +92,10 @@ def test_unreadable_image_is_an_error_or_dropped(tmp_path):
         load_yolo(root)
     ds = load_yolo(root, policy={"image_unreadable": "drop"})
     assert [r.file.name for r in ds.images] == ["a.png"] and ds.images[0].num_objects == 1
+
+
+def test_seven_columns_is_an_error_not_a_triangle(tmp_path):
+    """5 columns: a box; 9, 11, ... (4+ points): a polygon; 7 is ambiguous (box + 2 columns?): an error."""
+    root = _yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2 0.9 0.1\n"})
+    with pytest.raises(DataError, match=r"a\.txt:1, image a\.png: malformed_label: 7 columns"):
+        load_yolo(root)

@@ -17,9 +17,9 @@ import numpy as np
 
 from anchorlab.boxes import xywh_to_xyxy, xyxy_to_xywh
 from anchorlab.data.core import Action, Category, DetectionSet, ProblemReport
-from anchorlab.data.validate import Checker, FlatSet, ImageCheck, finalize
+from anchorlab.data.validate import Checker, FlatSet, ImageCheck, finalize, is_inside
 
-__all__ = ["coco_dict", "load_coco", "write_coco"]
+__all__ = ["coco_dict", "default_images_root", "load_coco", "write_coco"]
 
 _NAN = float("nan")
 _ID_MAX = np.iinfo(np.int64).max
@@ -90,6 +90,9 @@ def _parse_images(
         if iid in row_of:
             checker.flag("duplicate_image_id", f"image id {iid} ({name}) is used more than once", image=iid)
             continue
+        if not checker.inside(base / name, base, image=iid):
+            flat.outside.add(iid)  # its annotations go with it, without an unknown_image each
+            continue
         row_of[iid] = flat.add_image(base / name, iid, iid, src, w, h)
     return flat, row_of
 
@@ -131,7 +134,7 @@ def _parse_annotations(
     cat_table = np.array([c.id for c in cats], np.int64)
     lab = np.searchsorted(cat_table, cat_a).clip(max=max(len(cat_table) - 1, 0))
     cat_ok = (cat_table[lab] == cat_a) if len(cat_table) else np.zeros(len(cat_a), bool)
-    for j in np.flatnonzero(~img_ok):
+    for j in np.flatnonzero(~img_ok & ~np.isin(img_a, list(flat.outside))):
         checker.flag("unknown_image", f"image_id {img_a[j]} is not in images", annotation=int(ids_a[j]))
     for j in np.flatnonzero(img_ok & ~cat_ok):
         msg = f"category_id {cat_a[j]} is not in categories (known: {cat_table.tolist()[:20]})"
@@ -151,17 +154,20 @@ def load_coco(
     *,
     check_images: ImageCheck | bool = "exists",
     report: ProblemReport | None = None,
+    max_pixels: int | None = None,
 ) -> DetectionSet:
     """Load a COCO detection JSON into a ``DetectionSet``.
 
     Images are ``images_dir/file_name``, else ``<json dir>/file_name`` or ``<json dir>/images/file_name``.
-    ``check_images``: ``"none"`` (trust the JSON), ``"exists"`` (stat every file; default) or ``"header"``
-    (also read each header's size: ``True``). ``policy`` overrides the action per problem kind (see
+    ``check_images``: ``"none"`` (trust the JSON), ``"exists"`` (stat every file; default), ``"header"``
+    (also read each header's size, after EXIF orientation: ``True``) or ``"decode"`` (also decode every
+    image). A ``file_name`` that leaves the images folder (``../``, absolute) is ``image_outside``.
+    ``max_pixels`` is the pixel limit of one image (``image_too_large``). ``policy`` overrides the action per problem kind (see
     ``validate.KINDS``). Every problem is added to ``report`` when given; ``DataError`` is raised, listing
     them, if any problem's action is ``error``.
     """
     path = Path(path)
-    checker = Checker(path, policy)
+    checker = Checker(path, policy, max_pixels)
     mode: ImageCheck = {True: "header", False: "none"}.get(check_images, check_images)  # type: ignore[arg-type]
     try:
         try:
@@ -183,6 +189,7 @@ def load_coco(
         ds = finalize(flat, cats, checker, check_images=mode, source=path)
     finally:
         checker.finish(report)
+    ds.max_pixels = max_pixels
     return ds
 
 
@@ -239,15 +246,27 @@ def coco_dict(ds: DetectionSet, images_root: str | os.PathLike | None = None) ->
             "categories": categories}  # fmt: skip
 
 
+def default_images_root(ds: DetectionSet, out: str | os.PathLike) -> Path:
+    """Where ``write_coco`` makes ``file_name``s relative to: ``out``'s folder when every image is inside it
+    (``load_coco(out)`` then finds them), else the images' common folder -- never ``../`` names, which
+    loading refuses as ``image_outside`` (load with ``images_dir`` = this folder)."""
+    folder = Path(out).parent
+    files = [r.file for r in ds.images]
+    if not files or all(is_inside(f, folder) for f in files):
+        return folder
+    return Path(os.path.commonpath([os.path.abspath(f.parent) for f in files]))
+
+
 def write_coco(
     ds: DetectionSet, path: str | os.PathLike, *, images_root: str | os.PathLike | None = None
 ) -> Path:
-    """Write ``ds`` as COCO JSON at ``path``; ``file_name``s are relative to ``images_root`` (default: the
-    JSON's folder, so ``load_coco(path)`` finds the images again). Returns the path."""
+    """Write ``ds`` as COCO JSON at ``path``; ``file_name``s are relative to ``images_root`` (default:
+    ``default_images_root``: the JSON's folder when the images are inside it, so ``load_coco(path)`` finds
+    them again, else their common folder -- never ``../``). Returns the path."""
     from anchorlab.io import make_dir, write_text
 
     path = Path(path)
     make_dir(path.parent)
-    root = Path(images_root) if images_root is not None else path.parent
+    root = Path(images_root) if images_root is not None else default_images_root(ds, path)
     text = json.dumps(coco_dict(ds, root), separators=(",", ":"))
     return write_text(path, text + "\n")

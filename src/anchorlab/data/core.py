@@ -18,11 +18,13 @@ __all__ = ["Action", "Category", "DataError", "DetectionSet", "ImageRecord", "Pr
 
 
 class Action(StrEnum):
-    """What a loader does with a problem of a kind: stop with an error, fix it by clipping, or drop it."""
+    """What a loader does with a problem of a kind: stop with an error, fix it by clipping, drop it, or
+    (for ``image_outside`` only) allow it."""
 
     ERROR = "error"
     CLIP = "clip"
     DROP = "drop"
+    ALLOW = "allow"
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,13 @@ class ImageRecord:
 
 @dataclass
 class DetectionSet:
-    """Images, categories and where they came from. ``label`` i <-> ``categories[i].id``."""
+    """Images, categories and where they came from. ``label`` i <-> ``categories[i].id``.
+    ``max_pixels``: the pixel limit decoding the images applies (None: ``image.DEFAULT_MAX_PIXELS``)."""
 
     images: list[ImageRecord]
     categories: list[Category]
     source: Path | None = None
+    max_pixels: int | None = None
 
     @property
     def num_classes(self) -> int:

@@ -14,7 +14,6 @@ produce it (``target["skipped"]``) and the loader adds them to the main process'
 
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from collections import Counter
@@ -25,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
 from anchorlab.data.batch import ImageBatch, pad_images
 from anchorlab.data.core import DataError, DetectionSet
+from anchorlab.data.image import ImageError, read_rgb
 from anchorlab.data.transforms import TransformFn
 
 __all__ = [
@@ -39,6 +38,7 @@ __all__ = [
     "InfiniteLoader",
     "build_loader",
     "collate",
+    "read_rgb",
 ]
 
 Target = dict[str, Any]
@@ -47,13 +47,6 @@ Batch = tuple[ImageBatch, list[Target]]
 
 class _Unreadable(Exception):
     pass
-
-
-def read_rgb(path: str | os.PathLike) -> torch.Tensor:
-    """Decode an image file (PNG, JPEG, ...; grayscale or RGBA too) as uint8 RGB ``[3, H, W]``."""
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
-        warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
 
 
 class DetectionDataset(Dataset):
@@ -88,9 +81,9 @@ class DetectionDataset(Dataset):
         """Decode image ``index`` as uint8 RGB ``[3, H, W]``; raises ``_Unreadable`` with the reason."""
         record = self.data.images[index]
         try:
-            image = read_rgb(record.file)
-        except (RuntimeError, OSError, ValueError) as err:
-            raise _Unreadable(str(err).splitlines()[-1] if str(err) else type(err).__name__) from err
+            image = read_rgb(record.file, self.data.max_pixels)
+        except ImageError as err:
+            raise _Unreadable(err.reason) from err
         height, width = int(image.shape[-2]), int(image.shape[-1])
         if record.width > 0 and record.height > 0 and (width, height) != (record.width, record.height):
             raise _Unreadable(

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-
 from anchorlab.data.core import Action, Category, DataError, DetectionSet, ImageRecord, Problem, ProblemReport
+from anchorlab.data.image import ImageError, describe_size_mismatch, image_size, read_rgb
 
 __all__ = [
     "KINDS",
@@ -29,7 +28,7 @@ __all__ = [
     "resolve_policy",
 ]
 
-E, C, D = Action.ERROR, Action.CLIP, Action.DROP
+E, C, D, A = Action.ERROR, Action.CLIP, Action.DROP, Action.ALLOW
 
 #: kind -> (default action, allowed actions, what it means). docs/data.md shows this table.
 KINDS: dict[str, tuple[Action, frozenset[Action], str]] = {
@@ -56,12 +55,26 @@ KINDS: dict[str, tuple[Action, frozenset[Action], str]] = {
     "unknown_category": (E, frozenset({E, D}), "an annotation's category_id is not in `categories`"),
     "unknown_label": (E, frozenset({E, D}), "a YOLO class index / VOC name outside the class list"),
     "image_missing": (E, frozenset({E, D}), "the image file does not exist (drop: drop the image)"),
-    "image_unreadable": (E, frozenset({E, D}), "the image header cannot be read (drop: drop the image)"),
+    "image_unreadable": (
+        E,
+        frozenset({E, D}),
+        "the image cannot be read or decoded: truncated, malformed, not an image (drop: drop the image)",
+    ),
+    "image_too_large": (
+        E,
+        frozenset({E, D}),
+        "the image has more pixels than data.max_pixels / --max-pixels (drop: drop the image)",
+    ),
+    "image_outside": (
+        E,
+        frozenset({E, D, A}),
+        "an image path leaves the dataset's folder (`../`, absolute path) (allow: open it anyway)",
+    ),
     "image_size_invalid": (E, frozenset({E, C, D}), "recorded width/height <= 0 (clip: use the file's size)"),
     "image_size_mismatch": (
         E,
         frozenset({E, C, D}),
-        "recorded size differs from the file (clip: use the file's)",
+        "recorded size differs from the file, after EXIF orientation (clip: use the file's)",
     ),
     "box_not_finite": (D, frozenset({E, D}), "a coordinate is NaN or infinite"),
     "box_degenerate": (D, frozenset({E, D}), "box width or height <= 0"),
@@ -72,7 +85,8 @@ KINDS: dict[str, tuple[Action, frozenset[Action], str]] = {
 #: Coordinates at most this many pixels outside the image are clipped without a report (rounding noise).
 CLIP_TOLERANCE = 0.01
 
-ImageCheck = Literal["none", "exists", "header"]
+#: How much of each image file loading checks: nothing, that it exists, its header, or a full decode.
+ImageCheck = Literal["none", "exists", "header", "decode"]
 
 
 def resolve_policy(policy: Mapping[str, str | Action] | None = None) -> dict[str, Action]:
@@ -98,10 +112,26 @@ def resolve_policy(policy: Mapping[str, str | Action] | None = None) -> dict[str
 class Checker:
     """Records problems for one loader call: ``flag`` adds a ``Problem`` and returns the action to take."""
 
-    def __init__(self, file: Path | str, policy: Mapping[str, str | Action] | None = None) -> None:
+    def __init__(
+        self,
+        file: Path | str,
+        policy: Mapping[str, str | Action] | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
         self.file = str(file)
         self.policy = resolve_policy(policy)
         self.report = ProblemReport()
+        self.max_pixels = max_pixels
+
+    def inside(self, path: Path, root: Path, *, image: str | int | None = None, file=None) -> bool:
+        """Whether ``path`` (an image named by the annotation file) stays inside ``root``; flags
+        ``image_outside`` when it does not (unless the policy allows it) and returns False when the
+        image must not be opened."""
+        if is_inside(path, root) or self.policy["image_outside"] is A:
+            return True
+        msg = f"image path {path} leaves the dataset folder {root} (--policy image_outside=allow to permit)"
+        self.flag("image_outside", msg, image=image, file=file)
+        return False
 
     def flag(
         self,
@@ -155,6 +185,8 @@ class FlatSet:
     labels: list[int] = field(default_factory=list)
     crowd: list[bool] = field(default_factory=list)
     ann_lines: list[int] = field(default_factory=list)
+    #: ids of images left out because their path leaves the dataset folder (``image_outside``)
+    outside: set[int] = field(default_factory=set)
 
     def add_image(self, file: Path, id: int, key: str | int, source: str, width: float, height: float) -> int:
         self.files.append(file)
@@ -166,10 +198,20 @@ class FlatSet:
         return len(self.files) - 1
 
 
-def read_image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the image header only (PIL opens lazily; no pixels are decoded)."""
-    with Image.open(path) as im:
-        return im.size
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` names a file inside the folder ``root``, lexically (``..`` resolved, symlinks
+    not followed, so a dataset folder that is itself a symlink works)."""
+    p = os.path.normpath(os.path.abspath(path))
+    r = os.path.normpath(os.path.abspath(root))
+    try:
+        return os.path.commonpath([p, r]) == r
+    except ValueError:  # another drive on Windows
+        return False
+
+
+def read_image_size(path: Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """``(width, height)`` after EXIF orientation, from the header (``anchorlab.data.image.image_size``)."""
+    return image_size(path, max_pixels)  # type: ignore[return-value]
 
 
 def _check_images(flat: FlatSet, checker: Checker, mode: ImageCheck) -> tuple[np.ndarray, ...]:
@@ -197,7 +239,7 @@ def _check_images(flat: FlatSet, checker: Checker, mode: ImageCheck) -> tuple[np
         if flag("image_size_invalid", i, f"recorded size {w[i]:g}x{h[i]:g} of {flat.files[i].name}") is C:
             fix_size[i] = True
     need = (~known & ~invalid) | fix_size
-    if mode == "header":
+    if mode in ("header", "decode"):
         need |= keep
     for i in np.flatnonzero(need | (keep & (mode == "exists"))):
         path = flat.files[i]
@@ -206,15 +248,14 @@ def _check_images(flat: FlatSet, checker: Checker, mode: ImageCheck) -> tuple[np
                 flag("image_missing", i, f"image file {path} not found")
             continue
         try:
-            fw, fh = read_image_size(path)
-        except FileNotFoundError:
-            flag("image_missing", i, f"image file {path} not found")
-            continue
-        except (UnidentifiedImageError, OSError) as exc:
-            flag("image_unreadable", i, f"cannot read image {path}: {exc}")
+            fw, fh, orientation = image_size(path, checker.max_pixels, with_orientation=True)
+            if mode == "decode":
+                read_rgb(path, checker.max_pixels)
+        except ImageError as exc:
+            flag(exc.kind, i, f"image file {path} not found" if exc.kind == "image_missing" else str(exc))
             continue
         if known[i] and not fix_size[i] and (fw != w[i] or fh != h[i]):
-            msg = f"recorded size {w[i]:g}x{h[i]:g} but {path.name} is {fw}x{fh}"
+            msg = describe_size_mismatch(path, (w[i], h[i]), orientation, (fw, fh))
             if flag("image_size_mismatch", i, msg) is not C:
                 continue
         w[i], h[i] = fw, fh

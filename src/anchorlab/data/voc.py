@@ -95,16 +95,18 @@ def load_voc(
     split: str | None = None,
     check_images: ImageCheck | bool = "exists",
     report: ProblemReport | None = None,
+    max_pixels: int | None = None,
 ) -> DetectionSet:
     """Load a VOC folder (a root with ``Annotations/`` or the annotations folder itself).
 
     Images default to ``JPEGImages/`` beside ``Annotations/``. ``classes`` (names or a text file) fixes the
     class list; names outside it are ``unknown_label``; without it the sorted set of names found is used.
-    ``split`` reads ``ImageSets/Main/<split>.txt``. Other arguments as in ``load_coco``.
+    ``split`` reads ``ImageSets/Main/<split>.txt``. A ``<filename>`` that leaves the images folder is
+    ``image_outside``. Other arguments as in ``load_coco``.
     """
     root = Path(root)
     ann_dir, img_dir = _layout(root, Path(images_dir) if images_dir is not None else None)
-    checker = Checker(ann_dir, policy)
+    checker = Checker(ann_dir, policy, max_pixels)
     mode: ImageCheck = {True: "header", False: "none"}.get(check_images, check_images)  # type: ignore[arg-type]
     try:
         if not ann_dir.is_dir():
@@ -134,6 +136,8 @@ def load_voc(
         label_of = {n: i for i, n in enumerate(names)}
         flat, ann_id = FlatSet(), 0
         for xml, (fname, w, h, objects) in parsed:
+            if not checker.inside(img_dir / fname, img_dir, image=fname, file=xml):
+                continue
             i = flat.add_image(img_dir / fname, len(flat.files) + 1, fname, str(xml), w, h)
             for cls, difficult, *box in objects:
                 ann_id += 1
@@ -150,4 +154,5 @@ def load_voc(
         ds = finalize(flat, cats, checker, check_images=mode, source=ann_dir)
     finally:
         checker.finish(report)
+    ds.max_pixels = max_pixels
     return ds
