@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 __all__ = [
     "Config",
@@ -212,7 +212,8 @@ class ModelConfig(_Section):
     hnm: HardNegativeConfig = Field(default_factory=HardNegativeConfig)
     box_coder_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    #: Per-channel std the input is divided by: every value must be > 0.
+    pixel_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.229, 0.224, 0.225)
     #: Use channels_last memory format for the model and inputs (1.2-1.45x faster convs on this CPU).
     channels_last: bool = True
     #: Before training, fit the anchors (anchor-based detectors) to the training boxes; FCOS and the grid
@@ -222,10 +223,22 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    #: COCO JSON of the training / validation split (images next to the JSON or under `images`).
+    #: Training / validation data: a COCO JSON, a VOC folder, a YOLO folder or data.yaml, or a CVAT
+    #: "YOLO 1.1" export (see docs/data.md); `images`: the image folder of COCO / VOC data when elsewhere.
     train: str | None = None
     val: str | None = None
     images: str | None = None
+    #: auto (detected as `anchorlab data check` does) | coco | voc | yolo | cvat.
+    format: Literal["auto", "coco", "voc", "yolo", "cvat"] = "auto"
+    #: Which split of a data.yaml / obj.data / VOC ImageSets each of train, val, test reads, e.g.
+    #: {val: test}; default: the split's own name when the file declares splits (val: also `valid`).
+    split: dict[Literal["train", "val", "test"], str] | None = None
+    #: Class names (VOC, YOLO, CVAT), or a text file with one name a line; fixes the label order.
+    classes: list[str] | str | None = None
+    #: Action per problem kind, as `data check --policy`: e.g. {image_missing: drop, image_outside: allow}.
+    policy: dict[str, str] = Field(default_factory=dict)
+    #: Pixel limit (width x height) of one image: larger files are `image_too_large` (decompression bombs).
+    max_pixels: int = Field(178_956_970, gt=0)
     min_size: int | list[int] = 800
     max_size: int = Field(1333, gt=0)
     #: Multi-scale training: shorter side drawn uniformly from [lo, hi] (overrides min_size in training).
@@ -235,8 +248,17 @@ class DataConfig(_Section):
     #: Probability that a training sample is a 2x2 mosaic of itself and 3 other training images
     #: (data/mosaic.py), on the sample's own canvas size.
     mosaic: float = Field(0.0, ge=0, le=1)
-    #: Arguments of `make_synthetic`: generate the synthetic dataset into train's folder when missing.
+    #: Arguments of `make_synthetic`: generate the synthetic dataset when missing, into the folder of
+    #: `train` (which must then be FOLDER/train.json, and `val` FOLDER/val.json) and only when that folder
+    #: is empty or absent: never over existing files.
     synthetic: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _policy(self) -> DataConfig:
+        from anchorlab.data.validate import resolve_policy
+
+        resolve_policy(self.policy)  # ValueError naming the kinds / actions allowed
+        return self
 
 
 class TrainConfig(_Section):

@@ -160,7 +160,10 @@ def _snippet(data: Path, chosen: Any, others: list[Any], cov: dict[str, dict], c
 
 @app.command()
 def anchors(
-    data: Path = typer.Argument(..., help="COCO JSON of the (training) boxes the anchors should fit."),
+    data: Path = typer.Argument(
+        ...,
+        help="Training boxes the anchors should fit: COCO JSON, VOC / YOLO folder, data.yaml or CVAT export.",
+    ),
     config: Path | None = typer.Option(
         None, "--config", help="YAML config (resize, FPN levels, anchors, IoU)."
     ),
@@ -189,8 +192,8 @@ def anchors(
 
     from anchorlab import design
     from anchorlab.config import ConfigError, load_config
-    from anchorlab.data import load_coco
     from anchorlab.data.core import DataError
+    from anchorlab.engine.common import load_split
     from anchorlab.models.build import build_anchor_generator
 
     try:
@@ -207,7 +210,9 @@ def anchors(
         )  # fmt: skip
         with progress:
             task = progress.add_task("loading annotations", total=None)
-            ds = load_coco(data, images, check_images="none")
+            if images is not None:
+                cfg.data.images = str(images)
+            ds = load_split(cfg, "train", data, check_images="none")
             progress.update(task, description="box statistics")
             stats = design.box_stats(ds, min_size=cfg.data.min_size, max_size=cfg.data.max_size)
             if stats.num_objects == 0:

@@ -78,7 +78,9 @@ def _worst_classes(report: dict, top: int = 5) -> Table:
 
 @app.command("assign-report")
 def assign_report(
-    data: Path = typer.Argument(..., help="COCO JSON of the boxes to assign."),
+    data: Path = typer.Argument(
+        ..., help="Boxes to assign: COCO JSON, VOC / YOLO folder, data.yaml or CVAT export."
+    ),
     config: Path | None = typer.Option(
         None, "--config", help="YAML config (resize, FPN levels, anchors, thresholds)."
     ),
@@ -106,8 +108,8 @@ def assign_report(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from anchorlab.config import ConfigError, load_config
-    from anchorlab.data import load_coco
     from anchorlab.data.core import DataError
+    from anchorlab.engine.common import load_split
     from anchorlab.io import write_json
     from anchorlab.report import assignment_report, save_pictures
     from anchorlab.report.assignment import check_strategies
@@ -121,7 +123,9 @@ def assign_report(
         )  # fmt: skip
         with progress:
             task = progress.add_task("loading annotations", total=None)
-            ds = load_coco(data, images, check_images="none")
+            if images is not None:
+                cfg.data.images = str(images)
+            ds = load_split(cfg, "train", data, check_images="none")
             progress.update(task, description="assigning")
             report = assignment_report(
                 ds,

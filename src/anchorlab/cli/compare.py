@@ -35,8 +35,16 @@ def compare_command(
         None, "--detectors", help="Comma-separated detector names (default: every detector anchorlab has)."
     ),
     budget: str = typer.Option("quick", "--budget", help="quick | tiny | standard (data + schedule preset)."),
-    data: Path | None = typer.Option(None, "--data", help="COCO training JSON (replaces the budget's data)."),
-    val: Path | None = typer.Option(None, "--val", help="COCO val JSON every detector is evaluated on."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Training data (replaces the budget's): COCO JSON, VOC / YOLO folder, data.yaml, CVAT export.",
+    ),
+    val: Path | None = typer.Option(
+        None,
+        "--val",
+        help="Val data every detector is evaluated on (any format --data takes; a data.yaml: its val split).",
+    ),
     out: Path = typer.Option(
         Path("runs/compare"), "--out", help="Output folder (one sub-folder per detector)."
     ),

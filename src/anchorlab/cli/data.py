@@ -13,8 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from anchorlab.cli.app import app
+from anchorlab.cli.output import make_console, plain
 from anchorlab.data.convert import FORMATS, detect_format, load_dataset
 from anchorlab.data.core import Action, DataError, DetectionSet, ProblemReport
+from anchorlab.data.image import DEFAULT_MAX_PIXELS
 from anchorlab.data.synthetic import make_synthetic
 
 data_app = typer.Typer(
@@ -25,21 +27,26 @@ app.add_typer(data_app, name="data")
 
 
 class _Consoles:
-    """Created on first use, so the terminal width (COLUMNS) is read when a command runs, not at import."""
+    """Created on first use, so the terminal width (COLUMNS) is read when a command runs, not at import;
+    not a terminal (a pipe, a file, a CI log): unlimited width, nothing wrapped or cropped."""
 
     @property
     def out(self) -> Console:
-        return Console(soft_wrap=False)
+        return make_console()
 
     @property
     def err(self) -> Console:
-        return Console(stderr=True)
+        return make_console(stderr=True)
 
 
 _c = _Consoles()
 
 FORMAT_HELP = f"Input format: {'|'.join(FORMATS)}."
-POLICY_HELP = "Override a problem kind's action, KIND=error|clip|drop (repeatable), e.g. image_missing=drop."
+POLICY_HELP = (
+    "Override a problem kind's action, KIND=error|clip|drop (repeatable), e.g. image_missing=drop;"
+    " image_outside=allow opens image paths that leave the dataset folder."
+)
+MAX_PIXELS_HELP = "Pixel limit of one image (width x height); larger ones are image_too_large."
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -65,6 +72,8 @@ def _load(path: Path, fmt: str, report: ProblemReport, **kwargs) -> DetectionSet
         return None
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    except Exception as exc:  # a loader bug must still end in one line naming the input
+        raise _fail(f"{path}: {type(exc).__name__}: {exc}", 1) from None
 
 
 def _short(file: str) -> str:
@@ -98,6 +107,7 @@ def synth(
     crowded: bool = typer.Option(False, "--crowded", help="Put 2-3 overlapping object centres in one cell."),
     val_fraction: float = typer.Option(0.25, "--val-fraction", help="Share of images in val.json."),
     val_images: int | None = typer.Option(None, "--val-images", help="Exact number of val images."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files of an earlier synth in OUT."),
 ) -> None:
     """Write a synthetic shapes dataset: PNG images + train.json / val.json (COCO, category ids 10, 20, ...).
 
@@ -111,13 +121,14 @@ def synth(
                 out_dir, images=images, seed=seed, size=size, classes=classes, min_object=min_size,
                 max_object=max_size, objects=(objects_min, objects_max), crowded=crowded,
                 val_fraction=val_fraction, val_images=val_images,
-                progress=lambda i: bar.update(task, completed=i),
+                progress=lambda i: bar.update(task, completed=i), overwrite=overwrite,
             )  # fmt: skip
+        except FileExistsError as exc:
+            raise _fail(f"{exc} (--overwrite)") from None
         except ValueError as exc:
             raise _fail(str(exc)) from None
     _c.out.print(
-        f"wrote {images} images to {paths.images}\n  train: {paths.train}\n  val:   {paths.val}",
-        soft_wrap=True,
+        plain(f"wrote {images} images to {paths.images}\n  train: {paths.train}\n  val:   {paths.val}")
     )
 
 
@@ -133,10 +144,17 @@ def check(
     policy: list[str] | None = typer.Option(None, "--policy", help=POLICY_HELP),
     strict: bool = typer.Option(False, "--strict", help="Fail on any problem, also clipped or dropped ones."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
-    no_images: bool = typer.Option(False, "--no-images", help="Do not open image headers (faster)."),
+    no_images: bool = typer.Option(False, "--no-images", help="Only check that image files exist (fastest)."),
+    headers_only: bool = typer.Option(
+        False, "--headers-only", help="Read image headers (sizes) but do not decode the pixels (faster)."
+    ),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help=MAX_PIXELS_HELP),
     limit: int = typer.Option(50, "--limit", help="Rows of the problem table to show (all with --json)."),
 ) -> None:
     """Validate a dataset: print every problem (file, image, annotation id) and a summary.
+
+    Every image is decoded (as training will: EXIF orientation applied) unless --headers-only or
+    --no-images: truncated or malformed files are image_unreadable, oversized ones image_too_large.
 
     Exits 1 when errors remain (with --strict: when any problem was found).
 
@@ -144,7 +162,8 @@ def check(
     """
     report = ProblemReport()
     kwargs = {"images_dir": images_dir, "classes": classes, "split": split, "policy": _policy(policy)}
-    kwargs["check_images"] = "exists" if no_images else "header"
+    kwargs["check_images"] = "exists" if no_images else "header" if headers_only else "decode"
+    kwargs["max_pixels"] = max_pixels
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     ds = _load(path, fmt, report, **kwargs)
     fmt_found = fmt if fmt != "auto" else detect_format(path)[0]
@@ -168,21 +187,22 @@ def check(
         print(json.dumps(doc, indent=2))
         raise typer.Exit(1 if failed else 0)
     if report.problems:
-        table = Table(title=f"{len(report.problems)} problem(s) in {path}")
+        table = Table(title=plain(f"{len(report.problems)} problem(s) in {path}"))
+        narrow = _c.out.is_terminal  # elsewhere the width is unlimited: no column is folded
         table.add_column("kind", no_wrap=True)
         table.add_column("action", no_wrap=True)
-        table.add_column("file", overflow="fold", max_width=40)
-        table.add_column("image", overflow="fold", max_width=24)
+        table.add_column("file", overflow="fold", max_width=40 if narrow else None)
+        table.add_column("image", overflow="fold", max_width=24 if narrow else None)
         table.add_column("ann", no_wrap=True)
-        table.add_column("message", overflow="fold", ratio=1, min_width=24)
-        colour = {Action.ERROR: "red", Action.CLIP: "yellow", Action.DROP: "magenta"}
+        table.add_column("message", overflow="fold", ratio=1 if narrow else None, min_width=24)
+        colour = {Action.ERROR: "red", Action.CLIP: "yellow", Action.DROP: "magenta", Action.ALLOW: "green"}
         for p in report.problems[:limit]:
             where = _short(p.file) + (f":{p.line}" if p.line is not None else "")
             where += f":{p.column}" if p.column is not None else ""
             image = "" if p.image is None else str(p.image)
             ann = "" if p.annotation is None else str(p.annotation)
             act = f"[{colour[p.action]}]{p.action.value}[/]"
-            table.add_row(p.kind, act, where, image, ann, p.message)
+            table.add_row(p.kind, act, plain(where), plain(image), ann, plain(p.message))
         _c.out.print(table)
         if len(report.problems) > limit:
             _c.out.print(f"... {len(report.problems) - limit} more (--limit N or --json shows them)")
@@ -196,9 +216,7 @@ def check(
     loaded = _totals(ds) if ds is not None else "nothing loaded"
     errors = len(report.errors)
     fixed = len(report.problems) - errors
-    _c.out.print(
-        f"{fmt_found} {path}: {loaded}; {errors} error(s), {fixed} fixed (clip/drop)", soft_wrap=True
-    )
+    _c.out.print(plain(f"{fmt_found} {path}: {loaded}; {errors} error(s), {fixed} fixed (clip/drop)"))
     if failed:
         reason = f"{errors} error(s) remain" if ds is None else "problems found (--strict)"
         raise _fail(reason, 1)
@@ -224,7 +242,7 @@ def convert(
 
     Example: anchorlab data convert VOCdevkit/VOC2012 voc_train.json --split train
     """
-    from anchorlab.data.coco import write_coco
+    from anchorlab.data.coco import default_images_root, write_coco
 
     report = ProblemReport()
     kwargs = {"images_dir": images_dir, "classes": classes, "split": split, "policy": _policy(policy)}
@@ -237,6 +255,10 @@ def convert(
         write_coco(ds, dst, images_root=images_root)
     except OSError as exc:
         raise _fail(str(exc), 1) from None
-    _c.out.print(f"wrote {dst}: {_totals(ds)}", soft_wrap=True)
+    _c.out.print(plain(f"wrote {dst}: {_totals(ds)}"))
+    images_root = images_root or default_images_root(ds, dst)
+    if Path(os.path.abspath(images_root)) != Path(os.path.abspath(dst)).parent:
+        hint = f"file_names are relative to {images_root}: load with --images-dir {images_root} (data.images)"
+        _c.out.print(plain(hint))
     if report.problems:
-        _c.out.print(f"fixed on the way: {report.summary()}", highlight=False, soft_wrap=True)
+        _c.out.print(plain(f"fixed on the way: {report.summary()}"))

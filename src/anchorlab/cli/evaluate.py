@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from anchorlab.cli.app import app
+from anchorlab.cli.output import make_console, plain
 
 __all__ = ["eval_command", "fail", "print_metrics", "print_nms_recall"]
 
@@ -55,7 +56,7 @@ Tables show percentages, --json fractions; n/a (-1 in JSON) means the subset has
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``Error: message`` on stderr and exit with ``code`` (no traceback); ``message`` is plain
     text (brackets in paths or ``anchorlab[extra]`` are printed, not read as markup)."""
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]Error:[/] {escape(message)}", highlight=False)
+    make_console(stderr=True).print(f"[bold red]Error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -67,8 +68,8 @@ def _pct(value: float) -> str:
 
 def print_metrics(metrics: Mapping[str, Any], title: str, console: Console | None = None) -> None:
     """Rich tables of ``coco_metrics`` output: the 12 summary numbers, then per-category AP if present."""
-    console = console or Console()
-    table = Table(title=title, title_justify="left")
+    console = console or make_console()
+    table = Table(title=plain(title), title_justify="left")
     table.add_column("metric", style="bold")
     table.add_column("value (%)", justify="right")
     table.add_column("definition", style="dim")
@@ -84,16 +85,16 @@ def print_metrics(metrics: Mapping[str, Any], title: str, console: Console | Non
         cats.add_column("AP (%)", justify="right")
         cats.add_column("AP50 (%)", justify="right")
         for name, ap in per_category.items():
-            cats.add_row(str(name), _pct(ap), _pct(ap50.get(name, -1.0)))
+            cats.add_row(plain(name), _pct(ap), _pct(ap50.get(name, -1.0)))
         console.print(cats)
 
 
 def print_nms_recall(result: Mapping[str, Any], title: str, console: Console | None = None) -> None:
     """Rich table of ``nms_recall`` output: recall before and after NMS and their ratio per IoU threshold."""
-    console = console or Console()
+    console = console or make_console()
     kind = "class-aware" if result.get("class_aware") else "class-agnostic"
     table = Table(
-        title=f"{title} ({kind}, {result.get('num_objects', '?')} objects)",
+        title=plain(f"{title} ({kind}, {result.get('num_objects', '?')} objects)"),
         title_justify="left",
     )
     for col in ("IoU", "recall before NMS (%)", "recall after NMS (%)", "after / before (%)"):
@@ -148,6 +149,7 @@ def _eval_model(
 ) -> None:
     """Evaluate a trained model (the checkpoint's model config) on the config's ``data.val``."""
     from anchorlab.config import ConfigError, load_config
+    from anchorlab.data.categories import align_categories
     from anchorlab.data.core import DataError
     from anchorlab.engine.checkpoint import CheckpointError
     from anchorlab.engine.common import load_split
@@ -157,9 +159,10 @@ def _eval_model(
     try:
         cfg = load_config(config, overrides)
         checkpoint = checkpoint or Path(cfg.train.out) / "checkpoint.pt"
-        model, trained_cfg, _ = load_trained(checkpoint, cfg.train.device)
+        model, trained_cfg, categories = load_trained(checkpoint, cfg.train.device)
         cfg.model = trained_cfg.model
-        metrics = evaluate_model(model, cfg, load_split(cfg, "val"), with_nms_recall=nms_recall)
+        val = align_categories(load_split(cfg, "val"), categories, model=f"checkpoint {checkpoint}")
+        metrics = evaluate_model(model, cfg, val, with_nms_recall=nms_recall)
     except (ConfigError, DataError, CheckpointError, OSError, ValueError) as err:
         fail(str(err))
     metrics = _json_safe(metrics)
@@ -174,11 +177,21 @@ def _eval_model(
         print_nms_recall(metrics["nms_recall"], "NMS recall")
 
 
+def _ground_truth(gt: Path) -> Path | dict[str, Any]:
+    """A COCO JSON as is; any other format ``anchorlab data check`` reads, loaded and as a COCO dict."""
+    if gt.suffix.lower() == ".json":
+        return gt
+    from anchorlab.data import load_dataset
+    from anchorlab.data.coco import coco_dict
+
+    return coco_dict(load_dataset(gt))
+
+
 def _eval_files(gt: Path, detections: Path, as_json: bool, output: Path | None) -> None:
     from anchorlab.evaluation.coco import coco_metrics
 
     try:
-        metrics = coco_metrics(gt, detections)
+        metrics = coco_metrics(_ground_truth(gt), detections)
     except (OSError, ValueError) as err:
         fail(str(err))
     text = json.dumps(metrics, indent=2)
@@ -195,7 +208,9 @@ def eval_command(
     config: Path | None = typer.Argument(
         None, help="Training config YAML: evaluate a trained model (with --checkpoint) on data.val."
     ),
-    gt: Path | None = typer.Option(None, "--gt", help="COCO ground-truth JSON (results-file mode)."),
+    gt: Path | None = typer.Option(
+        None, "--gt", help="Ground truth (results-file mode): COCO JSON, VOC / YOLO folder, data.yaml, CVAT."
+    ),
     detections: Path | None = typer.Option(
         None, "--detections", "-d", help="COCO results JSON: [{image_id, category_id, bbox, score}, ...]."
     ),

@@ -42,11 +42,13 @@ def pr_curve(details: dict[str, Any], iou: float = 0.5) -> dict[str, Any]:
 def predict_and_score(model: torch.nn.Module, cfg: Config, val_set: DetectionSet, console: Console):
     """COCO metrics + NMS recall (as ``engine.evaluate.evaluate_model(with_nms_recall=True)``) and the PR
     curve from ONE pass over the val split; returns ``(metrics, coco_results)``."""
+    from anchorlab.data.coco import coco_dict
     from anchorlab.engine.evaluate import predict_dataset
     from anchorlab.evaluation import coco_eval_details, coco_metrics, nms_recall
 
     results, raw = predict_dataset(model, cfg, val_set, return_pre_nms=True, console=console)
-    metrics = coco_metrics(val_set.source, results)
+    gt = coco_dict(val_set)  # the loaded set: any format, ids matched to the model's
+    metrics = coco_metrics(gt, results)
     metrics["nms_recall"] = nms_recall(
         [torch.as_tensor(r.boxes) for r in val_set.images],
         [r["pre_nms_boxes"] for r in raw],
@@ -56,7 +58,7 @@ def predict_and_score(model: torch.nn.Module, cfg: Config, val_set: DetectionSet
         post_labels=[r["labels"] for r in raw],
     )
     metrics["num_detections"] = len(results)
-    metrics["pr_curve"] = pr_curve(coco_eval_details(val_set.source, results))
+    metrics["pr_curve"] = pr_curve(coco_eval_details(gt, results))
     return metrics, results
 
 

@@ -15,8 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
-from PIL import Image
 
+from anchorlab.data.categories import plot_text
+from anchorlab.data.core import DataError
+from anchorlab.data.image import read_rgb
 from anchorlab.io import save_figure
 
 __all__ = ["SAMPLE_IMAGES", "SCORE_THRESH", "pct", "plot_ap_by_size", "plot_pr_curves", "plot_predictions"]
@@ -106,15 +108,23 @@ def _draw_boxes(ax, boxes_xywh, labels: list[str], colors: list, dashed: bool = 
     for (x, y, w, h), text, color in zip(boxes_xywh, labels, colors, strict=True):
         ax.add_patch(Rectangle((x, y), w, h, fill=False, lw=1.5, ec=color, ls="--" if dashed else "-"))
         ax.text(
-            x, y, text, fontsize=6, color="white", va="bottom", bbox={"fc": color, "ec": "none", "pad": 0.5}
+            x,
+            y,
+            plot_text(text),
+            fontsize=6,
+            color="white",
+            va="bottom",
+            bbox={"fc": color, "ec": "none", "pad": 0.5},
         )
 
 
 def plot_predictions(results: dict[str, Any], path: Path) -> Path:
     """Rows: the same val images; columns: ground truth, then each detector's detections (score >= 0.3)."""
-    from anchorlab.data import load_coco
+    from anchorlab.config import Config
+    from anchorlab.engine.common import load_split
 
-    val_set = load_coco(results["data"]["val"], images_dir=results["data"]["images"])
+    cfg = Config.model_validate({"data": results["data"]})
+    val_set = load_split(cfg, "val")
     names = {c.id: c.name for c in val_set.categories}
     palette = plt.get_cmap("tab10")
     color = {c.id: palette(i % 10) for i, c in enumerate(val_set.categories)}
@@ -126,14 +136,17 @@ def plot_predictions(results: dict[str, Any], path: Path) -> Path:
     )
     for row, index in enumerate(indices):
         record = val_set.images[index]
-        image = np.asarray(Image.open(record.file).convert("RGB"))
+        try:
+            image = read_rgb(record.file, val_set.max_pixels).permute(1, 2, 0).numpy()
+        except DataError:
+            image = np.full((max(record.height, 1), max(record.width, 1), 3), 128, np.uint8)
         for col, name in enumerate(columns):
             ax = axes[row, col]
             ax.imshow(image)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(name, fontsize=9)
+                ax.set_title(plot_text(name), fontsize=9)
             if col == 0:
                 ids = val_set.label_to_category_id(record.labels)
                 xywh = [[b[0], b[1], b[2] - b[0], b[3] - b[1]] for b in record.boxes.tolist()]

@@ -37,8 +37,12 @@ from anchorlab.compare.measure import measure_speed, pr_curve, predict_and_score
 from anchorlab.compare.parallel import prepare_run_dir, train_parallel
 from anchorlab.compare.presets import budget_tree, check_budget, has_preset, model_tree
 from anchorlab.config import Config, ConfigError, apply_overrides, config_from_dict
+from anchorlab.data.categories import align_categories
 from anchorlab.engine.common import ensure_synthetic, environment, load_split, write_json
 from anchorlab.io import make_dir, write_text
+
+#: What results.json records of the data: enough to load the val split again (the report's pictures).
+_DATA_KEYS = ("train", "val", "images", "format", "split", "classes", "policy", "max_pixels")
 
 __all__ = ["compare", "config_hash", "json_safe", "measure_speed", "pr_curve", "resolve_config"]
 
@@ -81,9 +85,14 @@ def resolve_config(
     tree["train"]["out"] = str(Path(out) / detector)
     cfg = config_from_dict(tree, source=f"compare {detector} ({budget} budget)")
     if cfg.data.train is None:
-        raise ConfigError(f"the {budget} budget has no training data: pass --data TRAIN.json (COCO)")
+        raise ConfigError(
+            f"the {budget} budget has no training data: pass --data TRAIN (COCO JSON, VOC / YOLO folder,"
+            " data.yaml or CVAT export)"
+        )
     if cfg.data.val is None:
-        raise ConfigError("compare evaluates every detector on one val split: pass --val VAL.json (COCO)")
+        raise ConfigError(
+            "compare evaluates every detector on one val split: pass --val VAL (any format --data takes)"
+        )
     return cfg
 
 
@@ -96,9 +105,9 @@ def config_hash(cfg: Config) -> str:
     files = {}
     for name in (cfg.data.train, cfg.data.val):
         path = Path(name) if name else None
-        if path is not None and path.is_file():
+        if path is not None and path.exists():  # a folder's mtime changes when files come or go
             stat = path.stat()
-            files[name] = [stat.st_size, stat.st_mtime_ns]
+            files[name] = [stat.st_size if path.is_file() else None, stat.st_mtime_ns]
     blob = json.dumps({"config": tree, "files": files}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -164,8 +173,8 @@ def _run_one(
         else:
             summary = trained["summary"]
         if summary is not None:
-            model, _, _ = load_trained(run_dir / "checkpoint.pt", cfg.train.device)
-            val_set = load_split(cfg, "val")
+            model, _, categories = load_trained(run_dir / "checkpoint.pt", cfg.train.device)
+            val_set = align_categories(load_split(cfg, "val"), categories, model=f"the {detector} checkpoint")
             metrics, detections = predict_and_score(model, cfg, val_set, console)
             write_json(run_dir / "detections.json", detections)
             write_json(run_dir / "metrics.json", json_safe(metrics))
@@ -343,7 +352,7 @@ def compare(
             "detectors": detectors,
             "jobs": jobs,
             "out": str(out),
-            "data": {"train": shared.data.train, "val": shared.data.val, "images": shared.data.images},
+            "data": {k: v for k, v in shared.data.model_dump(mode="json").items() if k in _DATA_KEYS},
             "shared": {
                 "data": shared.data.model_dump(mode="json"),
                 "train": {k: v for k, v in shared.train.model_dump(mode="json").items() if k != "out"},

@@ -101,7 +101,7 @@ def _parse_annotations(
     data: dict, checker: Checker, flat: FlatSet, row_of: dict, cats: list[Category]
 ) -> None:
     """Annotations into ``flat``: one Python pass to read the fields, then numpy for the id look-ups."""
-    ids, img_ids, cat_ids, crowd, boxes = [], [], [], [], []
+    ids, img_ids, cat_ids, crowd, boxes, areas = [], [], [], [], [], []
     for k, a in enumerate(data["annotations"]):
         try:
             b = a["bbox"]
@@ -124,6 +124,10 @@ def _parse_annotations(
         cat_ids.append(row[2])
         crowd.append(row[3])
         boxes.append(bx)
+        try:
+            areas.append(float(a.get("area", _NAN)))
+        except (TypeError, ValueError):
+            areas.append(_NAN)
     ids_a, img_a, cat_a = (np.asarray(x, np.int64) for x in (ids, img_ids, cat_ids))
     known_img = np.fromiter(row_of, np.int64, len(row_of))
     img_rows = np.fromiter(row_of.values(), np.int64, len(row_of))
@@ -144,6 +148,7 @@ def _parse_annotations(
     flat.ann_ids = ids_a[ok].tolist()
     flat.labels = lab[ok].tolist()
     flat.crowd = np.asarray(crowd, bool)[ok].tolist()
+    flat.ann_areas = np.asarray(areas, np.float64)[ok].tolist()
     flat.boxes = xywh_to_xyxy(np.asarray(boxes, np.float64).reshape(-1, 4)[ok])
 
 
@@ -162,8 +167,8 @@ def load_coco(
     ``check_images``: ``"none"`` (trust the JSON), ``"exists"`` (stat every file; default), ``"header"``
     (also read each header's size, after EXIF orientation: ``True``) or ``"decode"`` (also decode every
     image). A ``file_name`` that leaves the images folder (``../``, absolute) is ``image_outside``.
-    ``max_pixels`` is the pixel limit of one image (``image_too_large``). ``policy`` overrides the action per problem kind (see
-    ``validate.KINDS``). Every problem is added to ``report`` when given; ``DataError`` is raised, listing
+    ``max_pixels`` is the pixel limit of one image (``image_too_large``). ``policy`` overrides the action
+    per problem kind (see ``validate.KINDS``). Every problem is added to ``report`` when given; ``DataError`` is raised, listing
     them, if any problem's action is ``error``.
     """
     path = Path(path)
@@ -216,7 +221,7 @@ def coco_dict(ds: DetectionSet, images_root: str | os.PathLike | None = None) ->
     for r in ds.images:
         images.append({"id": r.id, "file_name": _rel(r.file, root), "width": r.width, "height": r.height})
         cat_ids = ds.label_to_category_id(r.labels).tolist() if len(r.labels) else []
-        groups = [(r.boxes, r.ann_ids.tolist(), cat_ids, 0)]
+        groups = [(r.boxes, r.ann_ids.tolist(), cat_ids, 0, r.areas)]
         if len(r.crowd):
             ids = list(range(next_id, next_id + len(r.crowd)))
             next_id += len(r.crowd)
@@ -224,11 +229,14 @@ def coco_dict(ds: DetectionSet, images_root: str | os.PathLike | None = None) ->
                 crowd_cats = ds.label_to_category_id(r.crowd_labels).tolist()
             else:
                 crowd_cats = [crowd_cat] * len(ids)
-            groups.append((r.crowd, ids, crowd_cats, 1))
-        for boxes, ids, cats, crowd in groups:
+            groups.append((r.crowd, ids, crowd_cats, 1, r.crowd_areas))
+        for boxes, ids, cats, crowd, given in groups:
             xywh = xyxy_to_xywh(np.asarray(boxes, np.float64).reshape(-1, 4))
+            box_area = xywh[:, 2] * xywh[:, 3]
+            if given is not None and len(given) == len(box_area):  # the file's own areas (COCO size buckets)
+                box_area = np.where(np.isfinite(given), given, box_area)
             x1, y1, x2, y2 = np.round(np.asarray(boxes, np.float64).reshape(-1, 4), 4).T.tolist()
-            for k, (box, area) in enumerate(zip(_r(xywh), _r(xywh[:, 2] * xywh[:, 3]), strict=True)):
+            for k, (box, area) in enumerate(zip(_r(xywh), _r(box_area), strict=True)):
                 poly = [[x1[k], y1[k], x2[k], y1[k], x2[k], y2[k], x1[k], y2[k]]]
                 anns.append(
                     {

@@ -50,6 +50,9 @@ class ImageRecord:
     ann_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     crowd: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    #: ``[M]`` / ``[C]`` the file's annotation areas (COCO ``area``; NaN: none, the box's area is used)
+    areas: np.ndarray | None = None
+    crowd_areas: np.ndarray | None = None
 
     @property
     def num_objects(self) -> int:

@@ -80,7 +80,9 @@ def _opened(path: str | os.PathLike, max_pixels: int | None) -> Iterator[Image.I
     with im:
         w, h = im.size
         if w * h > limit:
-            raise ImageTooLarge(path, f"{w}x{h} = {w * h} pixels is over the limit of {limit} (data.max_pixels)")
+            raise ImageTooLarge(
+                path, f"{w}x{h} = {w * h} pixels is over the limit of {limit} (data.max_pixels)"
+            )
         yield im
 
 

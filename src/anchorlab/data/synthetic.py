@@ -150,13 +150,15 @@ def make_synthetic(
     val_fraction: float = 0.25,
     val_images: int | None = None,
     progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> SyntheticPaths:
     """Write ``images`` PNGs (``size x size``) to ``out_dir/images`` and ``train.json`` / ``val.json``.
 
     ``classes`` shapes (1..8, see ``SHAPES``); object sides log-uniform in ``min_object..max_object``
     pixels; ``objects=(lo, hi)`` objects per image; the last ``val_images`` (default
     ``round(images * val_fraction)``) images form the validation split. ``progress(i)`` is called
-    after each image. Returns the paths.
+    after each image. Returns the paths. Existing files it would write (``train.json``, ``val.json``,
+    ``images/img_*.png``) are a ``FileExistsError`` unless ``overwrite``.
     """
     if not 1 <= classes <= len(SHAPES):
         raise ValueError(f"classes must be in 1..{len(SHAPES)}, got {classes}")
@@ -173,6 +175,13 @@ def make_synthetic(
         raise ValueError(f"val_images must be in 0..{images - 1}, got {n_val}")
     root = Path(out_dir)
     img_dir = root / "images"
+    targets = [root / "train.json", root / "val.json", *(img_dir / f"img_{i:06d}.png" for i in range(images))]
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{root} already holds {len(existing)} file(s) the synthetic data would replace (first: "
+            f"{existing[0]}): choose an empty folder, or overwrite explicitly"
+        )
     img_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     max_object = min(max_object, size)

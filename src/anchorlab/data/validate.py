@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
 from anchorlab.data.core import Action, Category, DataError, DetectionSet, ImageRecord, Problem, ProblemReport
 from anchorlab.data.image import ImageError, describe_size_mismatch, image_size, read_rgb
 
@@ -185,6 +186,8 @@ class FlatSet:
     labels: list[int] = field(default_factory=list)
     crowd: list[bool] = field(default_factory=list)
     ann_lines: list[int] = field(default_factory=list)
+    #: ``[N]`` annotation areas as the file states them (COCO), or empty (none)
+    ann_areas: list[float] = field(default_factory=list)
     #: ids of images left out because their path leaves the dataset folder (``image_outside``)
     outside: set[int] = field(default_factory=set)
 
@@ -356,6 +359,8 @@ def finalize(
     ok &= img_keep[ann_image[rows]]
     rows, clipped = rows[ok], clipped[ok].astype(np.float32)
 
+    has_areas = len(flat.ann_areas) == len(ann_ids) and len(ann_ids) > 0
+    areas = np.asarray(flat.ann_areas, np.float64) if has_areas else None
     order = np.argsort(ann_image[rows], kind="stable")
     rows, clipped = rows[order], clipped[order]
     starts = np.searchsorted(ann_image[rows], np.arange(len(flat.files) + 1))
@@ -375,5 +380,7 @@ def finalize(
             crowd=b[~obj].reshape(-1, 4),
         )
         rec.crowd_labels = labels[r[~obj]]  # [C] class of each crowd region; write_coco keeps it
+        if has_areas:
+            rec.areas, rec.crowd_areas = areas[r[obj]], areas[r[~obj]]
         records.append(rec)
     return DetectionSet(records, categories, source)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
 from anchorlab.boxes import cxcywh_to_xyxy
 from anchorlab.data.core import Action, Category, DetectionSet, ProblemReport
 from anchorlab.data.image import ImageError, image_size
@@ -130,7 +131,9 @@ def _list_file(txt: Path, base: Path, checker: Checker) -> list[Path]:
     return out
 
 
-def _split_sources(data: dict, split: str | None, base: Path, checker: Checker, yaml_path: Path) -> list[Path]:
+def _split_sources(
+    data: dict, split: str | None, base: Path, checker: Checker, yaml_path: Path
+) -> list[Path]:
     """The images of ``split`` of a data.yaml: folders (searched recursively) and/or list files; a split
     may be one path or a list of them. ``split=None``: ``base/images``."""
     if split is None:
@@ -288,7 +291,9 @@ def _read_obj_data(path: Path, checker: Checker) -> dict[str, str]:
             continue
         key, sep, value = line.partition("=")
         if not sep:
-            raise checker.fatal("malformed_label", f"expected `key = value`, got {line!r}", file=path, line=ln)
+            raise checker.fatal(
+                "malformed_label", f"expected `key = value`, got {line!r}", file=path, line=ln
+            )
         out[key.strip()] = value.strip()
     return out
 

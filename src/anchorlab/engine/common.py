@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 from pathlib import Path
@@ -11,8 +12,18 @@ import numpy as np
 import torch
 
 from anchorlab.config import Config
+from anchorlab.data.core import DetectionSet
 
-__all__ = ["environment", "load_split", "move_targets", "prepare_data", "resolve_device", "seed_everything"]
+__all__ = [
+    "ensure_synthetic",
+    "environment",
+    "load_split",
+    "move_targets",
+    "prepare_data",
+    "resolve_device",
+    "seed_everything",
+    "split_key",
+]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -65,33 +76,123 @@ def environment() -> dict[str, Any]:
 
 
 def ensure_synthetic(cfg: Config) -> None:
-    """Generate the built-in synthetic dataset when the config asks for it and it is not there yet."""
+    """Generate the built-in synthetic dataset when the config asks for it (``data.synthetic``) and it is
+    not there yet. It is written only to the folder of ``data.train``, which must be named
+    ``FOLDER/train.json`` (and ``data.val`` ``FOLDER/val.json``) and be empty or absent: the generator
+    never writes over existing files (a typo in a path is an error, not a silent synthetic run). The
+    data are generated in a temporary sibling folder renamed into place, so a killed run leaves no half
+    dataset behind. Raises ``FileNotFoundError`` / ``FileExistsError`` naming the paths."""
     spec = cfg.data.synthetic
     if not spec or cfg.data.train is None:
         return
     train = Path(cfg.data.train)
-    if train.is_file() and (cfg.data.val is None or Path(cfg.data.val).is_file()):
+    folder = train.parent
+    wanted = {"data.train": (train, folder / "train.json")}
+    if cfg.data.val is not None:
+        wanted["data.val"] = (Path(cfg.data.val), folder / "val.json")
+    if all(p.exists() for p, _ in wanted.values()):
         return
+    for key, (given, expected) in wanted.items():
+        if os.path.normpath(given) != os.path.normpath(expected):
+            if given.exists():
+                continue  # the user's own file beside generated data
+            raise FileNotFoundError(
+                f"{key} {given} does not exist, and data.synthetic generates only {expected} "
+                f"(train.json / val.json in the folder of data.train): fix the path or remove data.synthetic"
+            )
+    if folder.exists() and any(folder.iterdir()):
+        missing = ", ".join(f"{k} {p}" for k, (p, _) in wanted.items() if not p.is_file())
+        raise FileNotFoundError(
+            f"{missing} does not exist; data.synthetic would generate it into {folder}, which is not empty:"
+            " refusing to write beside existing files (fix the path, or empty the folder)"
+        )
+    _generate_into(folder, spec)
+
+
+def _generate_into(folder: Path, spec: dict[str, Any]) -> None:
+    """``make_synthetic`` into a temporary sibling, then rename it to ``folder`` (absent or empty)."""
+    import shutil
+    import tempfile
+
     from anchorlab.data import make_synthetic
 
-    make_synthetic(train.parent, **spec)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        make_synthetic(tmp, **spec)
+        if folder.exists():
+            folder.rmdir()  # empty (checked above); OSError if another process filled it meanwhile
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / "train.json").is_file():  # not another process's finished copy
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_split(cfg: Config, split: str):
-    """The ``train`` or ``val`` DetectionSet of a config (images next to the JSON or under data.images)."""
-    from anchorlab.data import load_coco
+def split_key(cfg: Config, split: str, fmt: str, path: Path) -> str | None:
+    """Which split of ``path`` the config's ``split`` (train / val / test) reads: ``data.split[split]``
+    when given; the split's own name when the file declares splits (a data.yaml, a CVAT obj.data or a VOC
+    ImageSets file used for several splits, a YOLO folder with ``images/<split>/``); else None (all)."""
+    if cfg.data.split and split in cfg.data.split:
+        return cfg.data.split[split]
+    if fmt == "yolo":
+        has_yaml = path.suffix in {".yaml", ".yml"} or (path / "data.yaml").is_file()
+        return split if has_yaml or (path / "images" / split).is_dir() else None
+    shared = sum(1 for s in ("train", "val", "test") if getattr(cfg.data, s, None) == str(path)) > 1
+    if fmt == "voc" and shared and (path / "ImageSets" / "Main" / f"{split}.txt").is_file():
+        return split
+    if fmt == "cvat" and shared:
+        return split
+    return None
 
-    path = getattr(cfg.data, split)
+
+def load_split(
+    cfg: Config, split: str, path: str | os.PathLike | None = None, *, check_images: str = "exists"
+) -> DetectionSet:
+    """The ``train``, ``val`` (or ``test``) DetectionSet of a config: ``path`` (default ``data.<split>``)
+    in any format ``anchorlab.data.load_dataset`` reads, with ``data.format``, ``data.split``,
+    ``data.classes``, ``data.images``, ``data.policy`` and ``data.max_pixels``. Every command loads data
+    through here. Raises ``FileNotFoundError`` naming a missing path, ``DataError`` listing problems."""
+    from anchorlab.data import detect_format, load_dataset
+
+    path = path if path is not None else getattr(cfg.data, split, None)
     if path is None:
-        raise ValueError(f"the config has no data.{split} (a COCO JSON path)")
-    return load_coco(path, images_dir=cfg.data.images)
+        raise ValueError(
+            f"the config has no data.{split} (a COCO JSON, VOC / YOLO folder, data.yaml or CVAT export)"
+        )
+    if not Path(path).exists():
+        raise FileNotFoundError(f"data.{split}: {path} does not exist")
+    fmt, resolved = detect_format(path) if cfg.data.format == "auto" else (cfg.data.format, Path(path))
+    return load_dataset(
+        resolved,
+        fmt,  # type: ignore[arg-type]
+        images_dir=cfg.data.images if fmt in ("coco", "voc") else None,
+        classes=None if fmt == "coco" else cfg.data.classes,
+        policy=cfg.data.policy,
+        split=None if fmt == "coco" else split_key(cfg, split, fmt, Path(path)),
+        check_images=check_images,  # type: ignore[arg-type]
+        max_pixels=cfg.data.max_pixels,
+    )
 
 
 def prepare_data(cfg: Config):
-    """Load train (and val, if any) and fill ``model.num_classes`` from the data when unset."""
+    """Load train (and val, if any) and fill ``model.num_classes`` from the data when unset.
+
+    Everything that would otherwise fail after training is checked here, before it starts: every val
+    image is decoded (unreadable ones follow ``data.policy``), val categories are matched to train's by
+    id (``align_categories``: extra ids in use are an error naming them), and class names and paths are
+    checked printable (``check_printable``)."""
+    from anchorlab.data import align_categories, check_printable
+
     ensure_synthetic(cfg)
+    if cfg.data.val is not None and not Path(cfg.data.val).exists():
+        raise FileNotFoundError(f"data.val: {cfg.data.val} does not exist")
     train = load_split(cfg, "train")
-    val = load_split(cfg, "val") if cfg.data.val else None
+    val = load_split(cfg, "val", check_images="decode") if cfg.data.val else None
+    if val is not None:
+        val = align_categories(val, train.categories, model=f"the training data {cfg.data.train}")
+    check_printable(train, val)
     if cfg.model.num_classes is None:
         cfg.model.num_classes = train.num_classes
     elif cfg.model.num_classes != train.num_classes:

@@ -89,13 +89,14 @@ def evaluate_model(
     with_nms_recall: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """COCO metrics of ``model`` on ``dataset`` (whose JSON is ``cfg.data.val``), plus NMS recall if asked."""
-    if dataset.source is None:
-        raise ValueError("evaluation needs the dataset's COCO JSON (DetectionSet.source is not set)")
+    """COCO metrics of ``model`` on ``dataset`` (as loaded and validated, in any format, its labels in the
+    model's label order: see ``anchorlab.data.align_categories``), plus NMS recall if asked."""
+    from anchorlab.data.coco import coco_dict
+
     results, raw = predict_dataset(model, cfg, dataset, return_pre_nms=with_nms_recall, console=console)
     if not dist_utils.is_main():
         return {}
-    metrics = coco_metrics(dataset.source, results)
+    metrics = coco_metrics(coco_dict(dataset), results)  # the loaded set: any format, ids as matched
     if with_nms_recall:
         gts = [torch.as_tensor(r.boxes) for r in dataset.images]
         gt_labels = [torch.as_tensor(r.labels) for r in dataset.images]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from torchvision.utils import draw_bounding_boxes
 
 from anchorlab.boxes import xyxy_to_xywh
 from anchorlab.config import Config
+from anchorlab.data.core import DataError
 from anchorlab.data.loader import read_rgb
 from anchorlab.engine.checkpoint import load_checkpoint
 from anchorlab.engine.common import resolve_device, write_json
@@ -76,13 +78,15 @@ def predict_images(
     names = [c["name"] for c in categories]
     dev = next(model.parameters()).device
     make_dir(out)
-    results, images = [], []
+    results, images, skipped = [], [], []
     files = find_images(inputs)
     for image_id, path in enumerate(track(files, description="predict", console=console), start=1):
         try:
             image = read_rgb(path)
-        except (RuntimeError, OSError) as exc:
-            raise ValueError(f"{path}: not a readable image ({exc})") from None
+        except DataError as exc:  # truncated, malformed, too large: skipped like training skips it
+            warnings.warn(f"skipping unreadable image {exc}", RuntimeWarning, stacklevel=2)
+            skipped.append(str(path))
+            continue
         target = {
             "boxes": torch.zeros((0, 4)),
             "labels": torch.zeros((0,), dtype=torch.int64),
@@ -114,7 +118,12 @@ def predict_images(
             atomic_write(out / f"{path.stem}_pred.png", lambda f, data=png: f.write(data))
     write_json(out / "detections.json", results)
     write_json(out / "images.json", images)
-    return {"images": len(files), "detections": len(results), "out": str(out)}
+    return {
+        "images": len(files) - len(skipped),
+        "detections": len(results),
+        "out": str(out),
+        "skipped": skipped,
+    }
 
 
 def read_detections(path: Path) -> list[dict[str, Any]]:
