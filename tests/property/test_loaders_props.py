@@ -251,8 +251,9 @@ def test_coco_loader_never_crashes_and_keeps_untouched(
         x, y, w, h = a["bbox"]
         np.testing.assert_allclose(rec.boxes[j], [x, y, x + w, y + h], atol=1e-4)
         assert int(ds.label_to_category_id(rec.labels[j])) == a["category_id"]
-    # whatever was loaded survives a write_coco / load_coco round trip unchanged
-    again = load_coco(write_coco(ds, path.with_name("written.json")))
+    # whatever was loaded survives a write_coco / load_coco round trip unchanged (the images are in
+    # another folder: file_names are written relative to it, never as ../)
+    again = load_coco(write_coco(ds, path.with_name("written.json")), image_dir)
     assert [c.id for c in again.categories] == [c.id for c in ds.categories]
     assert [(r.id, r.file.resolve(), r.width, r.height) for r in again.images] == [
         (r.id, r.file.resolve(), r.width, r.height) for r in ds.images

@@ -168,8 +168,8 @@ def load_coco(
     (also read each header's size, after EXIF orientation: ``True``) or ``"decode"`` (also decode every
     image). A ``file_name`` that leaves the images folder (``../``, absolute) is ``image_outside``.
     ``max_pixels`` is the pixel limit of one image (``image_too_large``). ``policy`` overrides the action
-    per problem kind (see ``validate.KINDS``). Every problem is added to ``report`` when given; ``DataError`` is raised, listing
-    them, if any problem's action is ``error``.
+    per problem kind (see ``validate.KINDS``). Every problem is added to ``report`` when given;
+    ``DataError`` is raised, listing them, if any problem's action is ``error``.
     """
     path = Path(path)
     checker = Checker(path, policy, max_pixels)

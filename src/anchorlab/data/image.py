@@ -126,12 +126,61 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _png_data_size(width: int, height: int, depth: int, colour: int, interlace: int) -> int:
+    """Bytes of filtered scanlines a PNG's IDAT must inflate to (1 filter byte per row, Adam7 passes)."""
+    bits = _PNG_CHANNELS.get(colour, 4) * depth
+    if not interlace:
+        return height * (1 + -(-width * bits // 8))
+    total = 0
+    for x0, y0, dx, dy in _ADAM7:
+        pw, ph = -(-(width - x0) // dx) if width > x0 else 0, -(-(height - y0) // dy) if height > y0 else 0
+        if pw and ph:
+            total += ph * (1 + -(-pw * bits // 8))
+    return total
+
+
+def check_png_data(path: str | os.PathLike) -> None:
+    """Raise ``ImageError`` if a PNG's image data holds fewer rows than its header declares (PIL fills
+    them with black without a word; torchvision's decoder crashes the process on such files)."""
+    data = Path(path).read_bytes()
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        tag = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        if tag == b"IHDR" and len(body) >= 13:
+            header = struct.unpack(">IIBBBBB", body[:13])
+        elif tag == b"IDAT":
+            idat.append(body)
+        elif tag == b"IEND":
+            break
+        pos += 12 + length
+    if header is None:
+        raise ImageError(path, "PNG without an IHDR header")
+    width, height, depth, colour, _, _, interlace = header
+    expected = _png_data_size(width, height, depth, colour, interlace)
+    try:
+        got = len(zlib.decompressobj().decompress(b"".join(idat), expected))
+    except zlib.error as exc:
+        raise ImageError(path, f"cannot decode the image data (zlib: {exc})") from None
+    if got < expected:
+        raise ImageError(
+            path, f"truncated PNG: its image data holds {got} of the {expected} bytes its header declares"
+        )
+
+
 def read_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
     """Decode an image file (PNG, JPEG, BMP, TIFF, WebP; any pixel mode) as uint8 RGB ``[3, H, W]``,
     upright per its EXIF orientation. Raises ``ImageError`` (``ImageTooLarge`` above ``max_pixels``,
     default ``DEFAULT_MAX_PIXELS``) for a missing, truncated or malformed file; never crashes the process."""
     with _opened(path, max_pixels) as im:
         try:
+            if im.format == "PNG" and not getattr(im, "is_animated", False):
+                check_png_data(path)
             im.load()
             orientation = exif_orientation(im)
             if orientation != 1:
