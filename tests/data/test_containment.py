@@ -20,9 +20,12 @@ def _coco(root, names):
     Image.new("RGB", (20, 20)).save(root / "a.png")
     doc = {
         "images": [{"id": i + 1, "file_name": n, "width": 20, "height": 20} for i, n in enumerate(names)],
-        "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in range(len(names))],
+        "annotations": [
+            {"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, 5, 5]}
+            for i in range(len(names))
+        ],
         "categories": [{"id": 1, "name": "x"}],
-    }  # fmt: skip
+    }
     (root / "ann.json").write_text(json.dumps(doc))
     return root / "ann.json"
 
