@@ -187,6 +187,8 @@ def read_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Te
                 im = ImageOps.exif_transpose(im)
             rgb = _to_rgb(im)
             arr = np.array(rgb, dtype=np.uint8)
+        except ImageError:
+            raise
         except _DECODE_ERRORS as exc:
             raise ImageError(path, f"cannot decode the image ({_reason(exc)})") from None
     if arr.ndim != 3 or arr.shape[2] != 3:
