@@ -90,3 +90,24 @@ def test_convert_to_an_impossible_folder_is_a_clear_error(tmp_path):
     res = runner.invoke(app, ["data", "convert", str(root / "train.json"), str(dst)])
     assert res.exit_code == 1, res.output
     assert "error:" in res.output and "blocker" in res.output and "Traceback" not in res.output
+
+
+def test_check_into_a_pipe_is_never_cut_and_user_text_is_not_markup(tmp_path):
+    """Not a terminal (CliRunner, `> file`, a CI log): whole messages on one line at any COLUMNS; `[x]`
+    in a path and a NaN box's values are printed as they are."""
+    root = tmp_path / "set [x]"
+    root.mkdir()
+    long_name = "a_very_long_image_file_name_" * 4 + "[red]missing[/red].png"
+    doc = (
+        '{"images": [{"id": 1, "file_name": "%s", "width": 10, "height": 10}], '
+        '"annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [NaN, 1, 2, 3]}], '
+        '"categories": [{"id": 1, "name": "x"}]}' % long_name
+    )
+    (root / "ann.json").write_text(doc)
+    narrow = CliRunner(env={"COLUMNS": "40"})
+    res = narrow.invoke(app, ["data", "check", str(root / "ann.json"), "--headers-only"])
+    assert res.exit_code == 1
+    out = " ".join(res.output.split())
+    assert f"image file {root / long_name} not found" in res.output  # one piece, unwrapped, markup kept
+    assert "box xyxy [nan, 1, nan, 4] in image" in out
+    assert str(root / "ann.json") in res.output
