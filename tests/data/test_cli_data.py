@@ -98,12 +98,12 @@ def test_check_into_a_pipe_is_never_cut_and_user_text_is_not_markup(tmp_path):
     root = tmp_path / "set [x]"
     root.mkdir()
     long_name = "a_very_long_image_file_name_" * 4 + "[red]missing[/red].png"
-    doc = (
-        '{"images": [{"id": 1, "file_name": "%s", "width": 10, "height": 10}], '
-        '"annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [NaN, 1, 2, 3]}], '
-        '"categories": [{"id": 1, "name": "x"}]}' % long_name
-    )
-    (root / "ann.json").write_text(doc)
+    doc = {
+        "images": [{"id": 1, "file_name": long_name, "width": 10, "height": 10}],
+        "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [float("nan"), 1, 2, 3]}],
+        "categories": [{"id": 1, "name": "x"}],
+    }
+    (root / "ann.json").write_text(json.dumps(doc))  # NaN as JSON's common extension
     narrow = CliRunner(env={"COLUMNS": "40"})
     res = narrow.invoke(app, ["data", "check", str(root / "ann.json"), "--headers-only"])
     assert res.exit_code == 1
