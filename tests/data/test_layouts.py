@@ -136,3 +136,12 @@ def test_string_ids_are_converted_at_load_as_data_check_says(tmp_path):
     (tmp_path / "val.json").write_text(json.dumps(doc))
     with pytest.raises(DataError, match="needs an integer id"):
         load_split(_cfg(f"data.val={tmp_path / 'val.json'}"), "val")
+
+
+def test_compare_takes_val_from_a_data_yaml_that_declares_it(tmp_path):
+    from anchorlab.compare.run import resolve_config
+
+    yaml = roboflow(tmp_path / "export")
+    cfg = resolve_config("retinanet", budget="tiny", data=yaml, out=tmp_path / "runs")
+    assert cfg.data.val == str(yaml) and cfg.data.synthetic is None
+    assert [r.file.name for r in load_split(cfg, "val").images] == ["c.jpg"]

@@ -18,6 +18,7 @@ from anchorlab.data.convert import FORMATS, detect_format, load_dataset
 from anchorlab.data.core import Action, DataError, DetectionSet, ProblemReport
 from anchorlab.data.image import DEFAULT_MAX_PIXELS
 from anchorlab.data.synthetic import make_synthetic
+from anchorlab.data.validate import IMAGE_PROGRESS
 
 data_app = typer.Typer(
     help="Create, check and convert detection datasets (COCO JSON, Pascal VOC XML, YOLO txt).",
@@ -65,9 +66,17 @@ def _policy(items: list[str] | None) -> dict[str, str]:
 
 
 def _load(path: Path, fmt: str, report: ProblemReport, **kwargs) -> DetectionSet | None:
-    """Load with every problem collected in ``report``; ``None`` if errors remain."""
+    """Load with every problem collected in ``report`` (a progress bar while images are checked);
+    ``None`` if errors remain."""
+    columns = (TextColumn("checking images"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        return load_dataset(path, fmt, report=report, **kwargs)  # type: ignore[arg-type]
+        with Progress(*columns, console=_c.err, transient=True) as bar:
+            task = bar.add_task("images", total=None)
+            token = IMAGE_PROGRESS.set(lambda done, total: bar.update(task, completed=done, total=total))
+            try:
+                return load_dataset(path, fmt, report=report, **kwargs)  # type: ignore[arg-type]
+            finally:
+                IMAGE_PROGRESS.reset(token)
     except DataError:
         return None
     except (OSError, ValueError) as exc:

@@ -38,7 +38,7 @@ from anchorlab.compare.parallel import prepare_run_dir, train_parallel
 from anchorlab.compare.presets import budget_tree, check_budget, has_preset, model_tree
 from anchorlab.config import Config, ConfigError, apply_overrides, config_from_dict
 from anchorlab.data.categories import align_categories
-from anchorlab.engine.common import ensure_synthetic, environment, load_split, write_json
+from anchorlab.engine.common import declares_split, ensure_synthetic, environment, load_split, write_json
 from anchorlab.io import make_dir, write_text
 
 #: What results.json records of the data: enough to load the val split again (the report's pictures).
@@ -76,8 +76,8 @@ def resolve_config(
     if data is not None:
         tree["data"]["train"] = str(data)
         tree["data"]["synthetic"] = None
-        if val is None and not val_from_base:
-            tree["data"]["val"] = None  # the budget's val split belongs to its own data
+        if val is None and not val_from_base:  # the budget's val split belongs to its own data
+            tree["data"]["val"] = str(data) if declares_split(data, "val") else None
     if val is not None:
         tree["data"]["val"] = str(val)
     tree["model"] = model_tree(detector, budget)

@@ -9,7 +9,8 @@ the policy and groups the annotations into ``ImageRecord``s. N annotations, I im
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -88,6 +89,9 @@ CLIP_TOLERANCE = 0.01
 
 #: How much of each image file loading checks: nothing, that it exists, its header, or a full decode.
 ImageCheck = Literal["none", "exists", "header", "decode"]
+
+#: Called as ``progress(done, total)`` while image files are checked (a command's progress bar sets it).
+IMAGE_PROGRESS: ContextVar[Callable[[int, int], None] | None] = ContextVar("image_progress", default=None)
 
 
 def resolve_policy(policy: Mapping[str, str | Action] | None = None) -> dict[str, Action]:
@@ -244,7 +248,11 @@ def _check_images(flat: FlatSet, checker: Checker, mode: ImageCheck) -> tuple[np
     need = (~known & ~invalid) | fix_size
     if mode in ("header", "decode"):
         need |= keep
-    for i in np.flatnonzero(need | (keep & (mode == "exists"))):
+    todo = np.flatnonzero(need | (keep & (mode == "exists")))
+    progress = IMAGE_PROGRESS.get()
+    for done, i in enumerate(todo):
+        if progress is not None and done % 16 == 0:
+            progress(done, len(todo))
         path = flat.files[i]
         if not need[i]:
             if not os.path.isfile(path):

@@ -15,6 +15,7 @@ from anchorlab.config import Config
 from anchorlab.data.core import DetectionSet
 
 __all__ = [
+    "declares_split",
     "ensure_synthetic",
     "environment",
     "load_split",
@@ -128,6 +129,29 @@ def _generate_into(folder: Path, spec: dict[str, Any]) -> None:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def declares_split(path: str | os.PathLike, split: str) -> bool:
+    """Whether ``path`` (a data.yaml, a folder holding one, a CVAT export or a VOC folder) names a
+    ``split`` of its own: then the same path serves as ``data.train`` and ``data.val``."""
+    import yaml
+
+    from anchorlab.data.yolo import SPLIT_ALIASES
+
+    p = Path(path)
+    keys = SPLIT_ALIASES.get(split, (split,))
+    yaml_file = p if p.suffix in {".yaml", ".yml"} else p / "data.yaml"
+    try:
+        if yaml_file.is_file():
+            data = yaml.safe_load(yaml_file.read_text(encoding="utf-8")) or {}
+            return isinstance(data, dict) and any(data.get(k) for k in keys)
+        obj = p / "obj.data" if p.is_dir() else p
+        if obj.name == "obj.data" and obj.is_file():
+            lines = obj.read_text(encoding="utf-8").splitlines()
+            return any(ln.partition("=")[0].strip() in keys for ln in lines)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return any((p / "ImageSets" / "Main" / f"{k}.txt").is_file() for k in keys)
 
 
 def split_key(cfg: Config, split: str, fmt: str, path: Path) -> str | None:
