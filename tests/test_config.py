@@ -57,3 +57,14 @@ def test_dump_round_trip(tmp_path):
     path = tmp_path / "dump.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
+
+
+def test_data_keys_pixel_std_and_policy_are_validated():
+    with pytest.raises(ConfigError, match=r"model.pixel_std"):
+        load_config(None, ["model.pixel_std=[0, 0, 0]"])
+    with pytest.raises(ConfigError, match=r"image_outside.*allow\|drop\|error"):
+        load_config(None, ["data.policy={image_outside: clip}"])
+    with pytest.raises(ConfigError, match=r"data.format"):
+        load_config(None, ["data.format=parquet"])
+    cfg = load_config(None, ["data.format=cvat", "data.split={val: valid}", "data.classes=[a, b]"])
+    assert cfg.data.split == {"val": "valid"} and cfg.data.classes == ["a", "b"]

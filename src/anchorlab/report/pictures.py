@@ -34,12 +34,14 @@ def _load_image(ia: ImageAssignment) -> np.ndarray:
     """The resized image as ``[h, w, 3]`` uint8, or a grey canvas when the file cannot be read."""
     from PIL import Image
 
+    from anchorlab.data.image import read_rgb
+
     h, w = ia.size
     try:
-        with Image.open(ia.record.file) as im:
-            return np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR))
-    except (OSError, ValueError):
+        rgb = read_rgb(ia.record.file).permute(1, 2, 0).numpy()  # upright (EXIF), hostile files refused
+    except (OSError, ValueError):  # DataError is a ValueError
         return np.full((h, w, 3), 128, np.uint8)
+    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
 
 
 def draw_assignments(items: Sequence[ImageAssignment], strategies: Sequence[str], path: str | Path) -> Path:
