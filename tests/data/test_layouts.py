@@ -145,3 +145,21 @@ def test_compare_takes_val_from_a_data_yaml_that_declares_it(tmp_path):
     cfg = resolve_config("retinanet", budget="tiny", data=yaml, out=tmp_path / "runs")
     assert cfg.data.val == str(yaml) and cfg.data.synthetic is None
     assert [r.file.name for r in load_split(cfg, "val").images] == ["c.jpg"]
+
+
+def test_anchors_and_assign_report_read_a_roboflow_export(tmp_path):
+    from typer.testing import CliRunner
+
+    from anchorlab.cli import app
+
+    yaml = roboflow(tmp_path / "export")
+    sets = ["--set", "data.min_size=64", "--set", "data.max_size=96"]
+    res = CliRunner().invoke(app, ["anchors", str(yaml), *sets, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads((tmp_path / "a" / "anchor_stats.json").read_text())["stats"]["per_class"]) >= {
+        "tree"
+    }
+    res = CliRunner().invoke(
+        app, ["assign-report", str(yaml), *sets, "--out", str(tmp_path / "r"), "--pictures", "0"]
+    )
+    assert res.exit_code == 0, res.output
