@@ -99,6 +99,13 @@ def test_short_idat_png_raises_instead_of_crashing_and_training_skips_it(tmp_pat
     assert image.shape == (3, 64, 64) and target["image_id"] == 2 and target["skipped"] == [str(bad)]
 
 
+def test_a_complete_png_with_a_black_last_row_decodes(tmp_path):
+    arr = np.full((16, 16, 3), 200, np.uint8)
+    arr[-1] = 0  # the data check runs (the last row is zero) and finds the data complete
+    Image.fromarray(arr).save(tmp_path / "black_row.png")
+    assert read_rgb(tmp_path / "black_row.png")[:, -1].max() == 0
+
+
 def test_pixel_modes_are_converted_to_8_bit_rgb(tmp_path):
     modes = {
         "gray16.png": Image.fromarray(np.full((8, 8), 65535, np.uint16)),

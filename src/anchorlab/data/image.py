@@ -173,15 +173,24 @@ def check_png_data(path: str | os.PathLike) -> None:
         )
 
 
+def _may_be_short(im: Image.Image) -> bool:
+    """Whether a decoded PNG could be missing rows: PIL leaves rows it got no data for at zero, so a
+    non-interlaced image whose last row holds any non-zero value is complete (no second inflate)."""
+    if im.info.get("interlace") or getattr(im, "is_animated", False):
+        return True
+    w, h = im.size
+    return not np.asarray(im.crop((0, h - 1, w, h))).any()
+
+
 def read_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
     """Decode an image file (PNG, JPEG, BMP, TIFF, WebP; any pixel mode) as uint8 RGB ``[3, H, W]``,
     upright per its EXIF orientation. Raises ``ImageError`` (``ImageTooLarge`` above ``max_pixels``,
     default ``DEFAULT_MAX_PIXELS``) for a missing, truncated or malformed file; never crashes the process."""
     with _opened(path, max_pixels) as im:
         try:
-            if im.format == "PNG" and not getattr(im, "is_animated", False):
-                check_png_data(path)
             im.load()
+            if im.format == "PNG" and _may_be_short(im):
+                check_png_data(path)
             orientation = exif_orientation(im)
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
