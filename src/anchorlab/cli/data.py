@@ -21,7 +21,7 @@ from anchorlab.data.synthetic import make_synthetic
 from anchorlab.data.validate import IMAGE_PROGRESS
 
 data_app = typer.Typer(
-    help="Create, check and convert detection datasets (COCO JSON, Pascal VOC XML, YOLO txt).",
+    help="Create, check and convert detection datasets (COCO JSON, Pascal VOC XML, YOLO txt, CVAT YOLO 1.1).",
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
@@ -143,13 +143,15 @@ def synth(
 
 @data_app.command()
 def check(
-    path: Path = typer.Argument(..., help="COCO .json, VOC folder, YOLO folder or data.yaml."),
+    path: Path = typer.Argument(..., help="COCO .json, VOC folder, YOLO folder or data.yaml, CVAT export."),
     fmt: str = typer.Option("auto", "--format", "-f", help=FORMAT_HELP),
     images_dir: Path | None = typer.Option(None, "--images-dir", help="Image folder (COCO, VOC)."),
     classes: Path | None = typer.Option(
         None, "--classes", help="Class list file, one name a line (VOC, YOLO)."
     ),
-    split: str | None = typer.Option(None, "--split", help="VOC ImageSets/Main split or data.yaml key."),
+    split: str | None = typer.Option(
+        None, "--split", help="VOC ImageSets/Main split, data.yaml or obj.data key."
+    ),
     policy: list[str] | None = typer.Option(None, "--policy", help=POLICY_HELP),
     strict: bool = typer.Option(False, "--strict", help="Fail on any problem, also clipped or dropped ones."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
@@ -234,14 +236,16 @@ def check(
 
 @data_app.command()
 def convert(
-    src: Path = typer.Argument(..., help="COCO .json, VOC folder, YOLO folder or data.yaml."),
+    src: Path = typer.Argument(..., help="COCO .json, VOC folder, YOLO folder or data.yaml, CVAT export."),
     dst: Path = typer.Argument(..., metavar="OUT.json", help="COCO JSON to write."),
     fmt: str = typer.Option("auto", "--format", "-f", help=FORMAT_HELP),
     images_dir: Path | None = typer.Option(None, "--images-dir", help="Image folder (COCO, VOC)."),
     classes: Path | None = typer.Option(
         None, "--classes", help="Class list file, one name a line (VOC, YOLO)."
     ),
-    split: str | None = typer.Option(None, "--split", help="VOC ImageSets/Main split or data.yaml key."),
+    split: str | None = typer.Option(
+        None, "--split", help="VOC ImageSets/Main split, data.yaml or obj.data key."
+    ),
     policy: list[str] | None = typer.Option(None, "--policy", help=POLICY_HELP),
     images_root: Path | None = typer.Option(
         None, "--images-root", help="file_name relative to (default: OUT's folder)."
