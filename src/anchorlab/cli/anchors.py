@@ -7,15 +7,15 @@ from typing import Any, NoReturn
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from anchorlab.cli.app import app
+from anchorlab.cli.output import make_console
 from anchorlab.io import save_figure, write_json, write_text
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def _fail(exc: Exception) -> NoReturn:

@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from anchorlab.cli.app import app
+from anchorlab.cli.output import make_console
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def _num(value: Any, digits: int = 1) -> str:

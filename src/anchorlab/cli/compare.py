@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from anchorlab.cli.app import app
 from anchorlab.cli.evaluate import fail
+from anchorlab.cli.output import make_console
 
 __all__ = ["compare_command"]
 
@@ -89,7 +89,7 @@ def compare_command(
         fail(f"--jobs must be >= 1 (detectors trained at once), got {jobs}")
     if budget not in BUDGETS:
         fail(f"unknown budget {budget!r}; available budgets: {', '.join(BUDGETS)}")
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     try:
         results = compare(
             names,

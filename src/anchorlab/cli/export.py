@@ -6,12 +6,12 @@ import importlib.util
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from anchorlab.cli.app import app
 from anchorlab.cli.evaluate import fail
+from anchorlab.cli.output import make_console
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 @app.command()
