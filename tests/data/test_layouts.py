@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from anchorlab.config import load_config
-from anchorlab.data import DataError, detect_format
+from anchorlab.data import DataError, detect_format, load_dataset
 from anchorlab.engine.common import load_split
 
 
@@ -47,6 +47,9 @@ def test_roboflow_export_with_dotdot_paths_and_names_as_dict(tmp_path):
     assert train.class_names == ["car", "tree"] and val.class_names == ["car", "tree"]
     np.testing.assert_allclose(val.images[0].boxes, [[30, 15, 50, 45]])
     assert val.images[0].labels.tolist() == [1]
+    whole = load_dataset(yaml)  # no split (data check): every split the yaml declares
+    assert [r.file.name for r in whole.images] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert whole.images[2].file.parent.parent.name == "valid"
 
 
 def test_ultralytics_yaml_with_path_key_and_list_splits(tmp_path):

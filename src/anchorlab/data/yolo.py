@@ -137,7 +137,12 @@ def _split_sources(
     """The images of ``split`` of a data.yaml: folders (searched recursively) and/or list files; a split
     may be one path or a list of them. ``split=None``: ``base/images``."""
     if split is None:
-        return [base / "images"]
+        declared = [k for k in ("train", "val", "valid", "validation", "test") if data.get(k)]
+        if (base / "images").is_dir() or not declared:
+            return [base / "images"]
+        return list(
+            dict.fromkeys(p for k in declared for p in _split_sources(data, k, base, checker, yaml_path))
+        )
     key = next((k for k in SPLIT_ALIASES.get(split, (split,)) if data.get(k)), None)
     if key is None:
         if (base / "images" / split).is_dir():  # images/<split>/ without a yaml entry
@@ -246,7 +251,8 @@ def load_yolo(
     ``split`` picks the yaml's ``train`` / ``val`` (also ``valid``) / ``test`` entry: a folder, a text file
     listing images, or a list of those, relative to the yaml's ``path:`` (else its folder; a Roboflow
     ``../train/images`` is found inside the export); without a yaml, ``images/<split>/``. Without
-    ``split`` every image under ``images/`` is loaded. Class indices outside the class list are
+    ``split`` every image under ``images/`` is loaded, or, when there is no such folder, every split the
+    yaml declares. Class indices outside the class list are
     ``unknown_label``; without any class list the names are ``"0".."K-1"``. Image headers are always
     read (the boxes need the sizes); ``check_images="decode"`` also decodes every image. Other arguments
     as in ``load_coco``.
@@ -268,7 +274,8 @@ def load_yolo(
                     names = read_class_list(cand)
                     break
         images = _images_of(sources, base, checker)
-        flat, names = _collect(images, names, checker, sources[0] if sources[0].is_dir() else base)
+        key_root = sources[0] if len(sources) == 1 and sources[0].is_dir() else base
+        flat, names = _collect(images, names, checker, key_root)
         _orphans(sources, images, checker)
         cats = [Category(k, n) for k, n in enumerate(names)]
         mode = "decode" if check_images == "decode" else "none"
