@@ -57,6 +57,7 @@ def _eval(tmp, cfg, checkpoint, val: dict):
     return runner.invoke(app, ["eval", str(path), "--checkpoint", checkpoint, "--json"])
 
 
+@pytest.mark.filterwarnings("ignore:.*category id:UserWarning")
 def test_eval_matches_val_categories_by_id(run):
     tmp, synth, _, cfg, checkpoint = run
     val = json.loads(synth.val.read_text())

@@ -62,7 +62,7 @@ def model():
     return build_detector(cfg).train()
 
 
-@settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(case=hostile())
 def test_hostile_bytes_are_a_named_problem_never_a_crash(tmp_path_factory, model, case):
     suffix, data = case
