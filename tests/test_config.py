@@ -57,3 +57,38 @@ def test_dump_round_trip(tmp_path):
     path = tmp_path / "dump.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
+
+
+def test_grid_move_losers_is_a_deprecated_spelling_of_collision_move():
+    with pytest.warns(DeprecationWarning, match="collision: move"):
+        cfg = load_config(None, ["model.grid.move_losers=true"])
+    assert cfg.model.grid.collision == "move" and cfg.model.grid.move_losers is None
+    assert load_config(None, ["model.grid.move_losers=false"]).model.grid.collision == "nearest"
+    with pytest.raises(ConfigError, match="contradicts collision: last"):
+        load_config(None, ["model.grid.move_losers=true", "model.grid.collision=last"])
+    with pytest.raises(ConfigError, match="collision"):
+        load_config(None, ["model.grid.collision=first"])
+
+
+def test_seed_keys_validate():
+    cfg = load_config(
+        None,
+        [
+            "data.test=image_info_test-dev2017.json",
+            "data.scale_jitter=[640, 672, 704, 736, 768, 800]",
+            "model.anchors.offset=0.5",
+            "model.fpn.p6_from=c5",
+            "model.backbone.name=resnext101_32x4d",
+        ],
+    )
+    assert cfg.data.test == "image_info_test-dev2017.json" and cfg.data.scale_jitter[2] == 704
+    assert (cfg.model.anchors.offset, cfg.model.fpn.p6_from) == (0.5, "c5")
+    defaults = load_config(None)
+    assert (defaults.model.anchors.offset, defaults.model.fpn.p6_from, defaults.model.grid.collision) == (
+        0.0,
+        "p5",
+        "nearest",
+    )
+    for bad in ("data.scale_jitter=[800, 640]", "model.anchors.offset=1.5", "model.fpn.p6_from=c4"):
+        with pytest.raises(ConfigError):
+            load_config(None, [bad])

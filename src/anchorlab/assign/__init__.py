@@ -18,7 +18,7 @@ from anchorlab.assign.fcos import (  # noqa: E402
     fcos_assign,
     level_index_from_strides,
 )
-from anchorlab.assign.grid import YOLO_SIZE_RANGES, GridAssignment, grid_assign  # noqa: E402
+from anchorlab.assign.grid import COLLISION_POLICIES, YOLO_SIZE_RANGES, GridAssignment, grid_assign  # noqa: E402
 from anchorlab.assign.max_iou import Assignment, max_iou_assign  # noqa: E402
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "gather_matched",
     "gaussian_radius",
     "grid_assign",
+    "COLLISION_POLICIES",
     "level_index_from_strides",
     "max_iou_assign",
     "pad_boxes",
