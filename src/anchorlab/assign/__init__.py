@@ -23,6 +23,7 @@ from anchorlab.assign.max_iou import Assignment, max_iou_assign  # noqa: E402
 
 __all__ = [
     "BACKGROUND",
+    "COLLISION_POLICIES",
     "FCOS_REGRESS_RANGES",
     "IGNORE",
     "YOLO_SIZE_RANGES",
@@ -37,7 +38,6 @@ __all__ = [
     "gather_matched",
     "gaussian_radius",
     "grid_assign",
-    "COLLISION_POLICIES",
     "level_index_from_strides",
     "max_iou_assign",
     "pad_boxes",
