@@ -190,8 +190,9 @@ def anchors(
     out: Path = typer.Option(Path("runs/anchors"), "--out", help="Output folder."),
 ) -> None:
     """Box statistics after the resize, anchor proposals (seed: min / max sides; data ranges; k-means
-    1 - IoU) and their best possible recall on the real anchor grid next to the config's anchors. Writes OUT/anchors.yaml (paste
-    under `model:`), OUT/anchor_stats.json, OUT/wh_scatter.png and OUT/best_iou.png.
+    1 - IoU) and their best possible recall on the real anchor grid next to the config's anchors.
+    Writes OUT/anchors.yaml (paste under `model:`), OUT/anchor_stats.json, OUT/wh_scatter.png and
+    OUT/best_iou.png.
 
     Example: anchorlab anchors data/train.json --config configs/retinanet_r18_fpn_quick.yaml --out runs/a
     """
