@@ -92,3 +92,44 @@ def test_seed_keys_validate():
     for bad in ("data.scale_jitter=[800, 640]", "model.anchors.offset=1.5", "model.fpn.p6_from=c4"):
         with pytest.raises(ConfigError):
             load_config(None, [bad])
+
+
+FREE_ANCHOR_ROWS = {
+    # config: (backbone, iterations, scale_jitter, prior_prob, P6 source, AP figures in the header)
+    "free_anchor_r50_fpn_1x": ("resnet50", 90000, None, 0.02, "p5", ("38.6", "39.1")),
+    "free_anchor_r101_fpn_1x": ("resnet101", 90000, None, 0.02, "p5", ("41.0", "41.3")),
+    "free_anchor_r101_fpn_1.5x": ("resnet101", 135000, None, 0.02, "p5", ("41.3", "41.8")),
+    "free_anchor_r101_fpn_j2x": (
+        "resnet101",
+        180000,
+        list(range(480, 961, 32)),
+        0.02,
+        "p5",
+        ("42.7", "43.1"),
+    ),
+    "free_anchor_x101_32x8d_fpn_j1.5x": (
+        "resnext101_32x8d",
+        135000,
+        list(range(640, 801, 32)),
+        0.02,
+        "p5",
+        ("44.2", "44.8"),
+    ),
+    "free_anchor_x101_32x4d_fpn_1x": ("resnext101_32x4d", 87960, None, 0.01, "c5", ("41.9", "8.1 GB")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FREE_ANCHOR_ROWS))
+def test_free_anchor_configs_match_their_table_rows(name):
+    path = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
+    backbone, iterations, jitter, prior, p6, figures = FREE_ANCHOR_ROWS[name]
+    cfg = load_config(path)
+    assert (cfg.model.backbone.name, cfg.train.iterations, cfg.data.scale_jitter) == (
+        backbone,
+        iterations,
+        jitter,
+    )
+    assert (cfg.model.head.prior_prob, cfg.model.fpn.p6_from, cfg.data.min_size) == (prior, p6, 800)
+    assert cfg.data.test.endswith("image_info_test-dev2017.json")
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert all(f in header for f in figures) and "seeds" not in path.read_text()
