@@ -30,7 +30,7 @@ SPEED_WARMUP = 3
 
 def _reset_peak_rss() -> bool:
     """Reset this process's peak resident set size to its current size (Linux >= 4.0: writing 5 to
-    /proc/self/clear_refs resets VmHWM, which ``getrusage`` reports); False where that is impossible."""
+    /proc/self/clear_refs resets VmHWM); False where that is impossible."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -39,7 +39,15 @@ def _reset_peak_rss() -> bool:
 
 
 def _peak_rss_mb() -> float:
-    """``getrusage(RUSAGE_SELF).ru_maxrss`` in MiB (kilobytes on Linux, bytes on macOS)."""
+    """This process's peak RSS in MiB: ``VmHWM`` of /proc/self/status (its own address space), else
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` (kilobytes on Linux, bytes on macOS), which Linux would also
+    fill with the RSS a spawned worker's parent had when it forked."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
