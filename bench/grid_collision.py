@@ -50,11 +50,17 @@ STRIDES = (8, 16, 32)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--losses", default=",".join(LOSSES), help="comma-separated model.grid.box_loss values")
-    p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated model.grid.collision values")
-    p.add_argument("--iterations", type=int, default=600, help="training iterations per run (quick budget: 600)")
+    p.add_argument(
+        "--policies", default=",".join(POLICIES), help="comma-separated model.grid.collision values"
+    )
+    p.add_argument(
+        "--iterations", type=int, default=600, help="training iterations per run (quick budget: 600)"
+    )
     p.add_argument("--images", type=int, default=400, help="synthetic images (a quarter form the val split)")
     p.add_argument("--size", type=int, default=128, help="synthetic image side in pixels")
-    p.add_argument("--data", type=Path, default=ROOT / "data" / "synth_crowded", help="crowded synthetic data")
+    p.add_argument(
+        "--data", type=Path, default=ROOT / "data" / "synth_crowded", help="crowded synthetic data"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "grid_collision")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

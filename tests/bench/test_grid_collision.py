@@ -14,7 +14,8 @@ def test_collision_counts_on_a_hand_made_crowded_image(tmp_path):
     # (23, 23) first, (20.5, 20) second (nearest the cell centre 20, 20), (17, 17) last.
     boxes = [(18, 18, 10, 10), (15.5, 15, 10, 10), (12, 12, 10, 10), (40, 40, 10, 10)]
     anns = [
-        {"id": k + 1, "image_id": 1, "category_id": 1, "bbox": list(b), "iscrowd": 0} for k, b in enumerate(boxes)
+        {"id": k + 1, "image_id": 1, "category_id": 1, "bbox": list(b), "iscrowd": 0}
+        for k, b in enumerate(boxes)
     ]
     data = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}], "annotations": anns,
             "categories": [{"id": 1, "name": "x"}]}  # fmt: skip
