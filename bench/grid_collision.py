@@ -16,8 +16,8 @@ objects lose their cell and how many cells get a different owner under ``last`` 
     .venv/bin/python bench/grid_collision.py                                  # the full experiment
     .venv/bin/python bench/grid_collision.py --iterations 20 --images 48 --losses giou,l1   # smoke run
 
-Writes ``OUT/results.json`` (per run: AP, AP50, AP75, the loss curve from ``log.jsonl``), ``OUT/loss_curves.png``
-and prints the Markdown table with the machine header.
+Writes ``OUT/results.json`` (per run: AP, AP50, AP75, the loss curve from ``log.jsonl``),
+``OUT/loss_curves.png`` and prints the Markdown table with the machine header.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from typing import Any
 
 import torch
 
-from common import ROOT, load_average, setup, table
-
 from anchorlab.assign import grid_assign
 from anchorlab.config import load_config
 from anchorlab.data import load_coco, make_synthetic
@@ -40,6 +38,7 @@ from anchorlab.design import resize_boxes
 from anchorlab.engine.train import train
 from anchorlab.io import make_dir, save_figure, write_json
 from anchorlab.models.heads.grid import default_size_ranges
+from common import ROOT, load_average, setup, table
 
 LOSSES = ("l1", "iou", "giou", "diou", "ciou")
 POLICIES = ("last", "nearest")

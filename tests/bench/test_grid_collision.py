@@ -1,4 +1,5 @@
-"""Pure-logic pieces of bench/grid_collision.py: collision counts on hand-made boxes, the loss-curve reader."""
+"""Pure-logic pieces of bench/grid_collision.py: collision counts on hand-made boxes, the loss-curve
+reader."""
 
 import json
 import sys
