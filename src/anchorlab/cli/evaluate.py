@@ -101,7 +101,7 @@ def print_nms_recall(result: Mapping[str, Any], title: str, console: Console | N
     protocol = f"{result['protocol']} protocol, " if result.get("protocol") else ""
     sign = ">" if result.get("strict") else ">="
     table = Table(
-        title=f"{title} ({protocol}{kind}, IoU {sign} t, {result.get('num_objects', '?')} objects)",
+        title=f"{title} ({protocol}{kind}, {result.get('num_objects', '?')} objects, IoU {sign} t)",
         title_justify="left",
     )
     for col in ("IoU", "recall before NMS (%)", "recall after NMS (%)", "after / before (%)"):
@@ -201,6 +201,75 @@ def _check_categories(dataset: Any, categories: list[dict[str, Any]], split_file
         )
 
 
+def _check_split(labelled: bool, split_file: str, options: dict[str, Any]) -> None:
+    """A split without annotations (an image-info file) can only be predicted, not scored."""
+    if options["nms_recall"] and not labelled:
+        raise ValueError(f"{split_file} holds no annotations: NMS recall needs ground truth")
+    if not labelled and options["results"] is None:
+        raise ValueError(
+            f"{split_file} holds no annotations: nothing to score; write the detections with "
+            "--results OUT.json (and submit the zip to the evaluation server)"
+        )
+
+
+def _score_split(
+    model: Any, cfg: Any, dataset: Any, labelled: bool, options: dict[str, Any], overrides: list[str]
+):
+    """``(metrics, results, inference settings used)``: one prediction pass (with the benchmark's score
+    threshold and cap when writing ``--results``, unless ``--set`` names them), COCO metrics when the
+    split is labelled, NMS recall under the chosen protocol when asked."""
+    from anchorlab.engine.evaluate import inference_settings, nms_recall_pass, predict_dataset
+    from anchorlab.evaluation import coco_metrics
+    from anchorlab.evaluation.submission import SUBMISSION_INFERENCE
+
+    explicit = {o.split("=", 1)[0].strip().removeprefix("model.inference.") for o in overrides}
+    settings = {k: v for k, v in SUBMISSION_INFERENCE.items() if k not in explicit}
+    with inference_settings(model, settings if options["results"] is not None else {}):
+        used = dict(model.inference)
+        results, _ = predict_dataset(model, cfg, dataset)
+    metrics: dict[str, Any] = coco_metrics(dataset.source, results) if labelled else {}
+    if options["nms_recall"]:
+        metrics["nms_recall"] = nms_recall_pass(model, cfg, dataset, options["protocol"])
+    metrics["num_detections"] = len(results)
+    return metrics, results, used
+
+
+def _results_targets(config: Path, options: dict[str, Any]) -> tuple[Path, str | None]:
+    """``(results JSON, zip member name or None)``; refuses to replace existing files without --force."""
+    from anchorlab.evaluation.submission import submission_name
+
+    path: Path = options["results"]
+    zip_as = None
+    if options["split"] == "test":
+        zip_as = submission_name(options["testset"], options["alg"] or config.stem)
+    for existing in (path, path.with_suffix(".zip") if zip_as else None):
+        if existing is not None and existing.exists() and not options["force"]:
+            fail(f"{existing} exists; pass --force to replace it")
+    return path, zip_as
+
+
+def _print_model_report(metrics: dict[str, Any], title: str, num_images: int, labelled: bool) -> None:
+    console = Console()
+    if labelled:
+        print_metrics(metrics, title, console)
+    if "nms_recall" in metrics:
+        print_nms_recall(metrics["nms_recall"], "NMS recall", console)
+    if "results_files" in metrics:
+        used = metrics["results_inference"]
+        console.print(
+            f"wrote {metrics['num_detections']} detections on {metrics['results_images']} of {num_images} "
+            f"images (score > {used['score_thresh']}, at most {used['max_detections']} per image) to "
+            + " and ".join(metrics["results_files"]),
+            highlight=False,
+        )
+    if "submission_member" in metrics:
+        console.print(
+            f"upload {metrics['results_files'][-1]} (holding {metrics['submission_member']}) "
+            "to the COCO evaluation server",
+            highlight=False,
+        )
+
+
 def _eval_model(
     config: Path,
     checkpoint: Path | None,
@@ -215,50 +284,24 @@ def _eval_model(
     from anchorlab.data.core import DataError
     from anchorlab.engine.checkpoint import CheckpointError
     from anchorlab.engine.common import load_split
-    from anchorlab.engine.evaluate import (
-        has_ground_truth,
-        inference_settings,
-        nms_recall_pass,
-        predict_dataset,
-    )
-    from anchorlab.evaluation import coco_metrics
-    from anchorlab.evaluation.submission import SUBMISSION_INFERENCE, submission_name, write_results
+    from anchorlab.engine.evaluate import has_ground_truth
+    from anchorlab.evaluation.submission import write_results
     from anchorlab.io import OutputError
 
-    split, results_path = options["split"], options["results"]
-    if results_path is not None and results_path.exists() and not options["force"]:
-        fail(f"{results_path} exists; pass --force to replace it")
     try:
+        targets = _results_targets(config, options) if options["results"] is not None else None
         cfg, model, categories, checkpoint = _load_for_eval(config, checkpoint, overrides)
-        split_file = getattr(cfg.data, split)
-        dataset = load_split(cfg, split)
-        _check_categories(dataset, categories, str(split_file))
+        split_file = str(getattr(cfg.data, options["split"]))
+        dataset = load_split(cfg, options["split"])
+        _check_categories(dataset, categories, split_file)
         labelled = has_ground_truth(dataset)
-        if options["nms_recall"] and not labelled:
-            raise ValueError(f"{split_file} holds no annotations: NMS recall needs ground truth")
-        if not labelled and results_path is None:
-            raise ValueError(
-                f"{split_file} holds no annotations: nothing to score; write the detections with "
-                "--results OUT.json (and submit the zip to the evaluation server)"
-            )
-        explicit = {o.split("=", 1)[0].strip().removeprefix("model.inference.") for o in overrides}
-        settings = {k: v for k, v in SUBMISSION_INFERENCE.items() if k not in explicit}
-        with inference_settings(model, settings if results_path is not None else {}):
-            used = dict(model.inference)
-            results, _ = predict_dataset(model, cfg, dataset)
-        metrics: dict[str, Any] = coco_metrics(dataset.source, results) if labelled else {}
-        if options["nms_recall"]:
-            metrics["nms_recall"] = nms_recall_pass(model, cfg, dataset, options["protocol"])
-        metrics["num_detections"] = len(results)
-        if results_path is not None:
-            zip_as = (
-                submission_name(options["testset"], options["alg"] or config.stem)
-                if split == "test"
-                else None
-            )
-            written = write_results(results, results_path, zip_as=zip_as)
-            metrics["results_files"] = [str(p) for p in written]
+        _check_split(labelled, split_file, options)
+        metrics, results, used = _score_split(model, cfg, dataset, labelled, options, overrides)
+        if targets is not None:
+            path, zip_as = targets
+            metrics["results_files"] = [str(p) for p in write_results(results, path, zip_as=zip_as)]
             metrics["results_inference"] = used
+            metrics["results_images"] = len({r["image_id"] for r in results})
             if zip_as:
                 metrics["submission_member"] = zip_as
     except (ConfigError, DataError, CheckpointError, OSError, OutputError, ValueError) as err:
@@ -270,25 +313,8 @@ def _eval_model(
     if as_json:
         typer.echo(text)
         return
-    console = Console()
-    if labelled:
-        print_metrics(metrics, f"{cfg.model.detector} on {split_file} ({checkpoint})", console)
-    if options["nms_recall"]:
-        print_nms_recall(metrics["nms_recall"], "NMS recall", console)
-    if results_path is not None:
-        ids = sorted({r["image_id"] for r in results})
-        console.print(
-            f"wrote {len(results)} detections on {len(ids)} of {len(dataset.images)} images "
-            f"(score > {used['score_thresh']}, at most {used['max_detections']} per image) to "
-            + " and ".join(metrics["results_files"]),
-            highlight=False,
-        )
-        if "submission_member" in metrics:
-            console.print(
-                f"upload {metrics['results_files'][-1]} (holding {metrics['submission_member']}) "
-                "to the COCO evaluation server",
-                highlight=False,
-            )
+    title = f"{cfg.model.detector} on {split_file} ({checkpoint})"
+    _print_model_report(metrics, title, len(dataset.images), labelled)
 
 
 def _eval_files(gt: Path, detections: Path, as_json: bool, output: Path | None) -> None:
