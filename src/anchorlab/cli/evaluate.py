@@ -336,7 +336,7 @@ def _eval_files(gt: Path, detections: Path, as_json: bool, output: Path | None) 
 @app.command("eval", epilog=EXAMPLES)
 def eval_command(
     config: Path | None = typer.Argument(
-        None, help="Training config YAML: evaluate a trained model (with --checkpoint) on data.val."
+        None, help="Training config YAML: evaluate a trained model (with --checkpoint) on data.<--split>."
     ),
     gt: Path | None = typer.Option(None, "--gt", help="COCO ground-truth JSON (results-file mode)."),
     detections: Path | None = typer.Option(
