@@ -68,3 +68,79 @@ def test_data_keys_pixel_std_and_policy_are_validated():
         load_config(None, ["data.format=parquet"])
     cfg = load_config(None, ["data.format=cvat", "data.split={val: valid}", "data.classes=[a, b]"])
     assert cfg.data.split == {"val": "valid"} and cfg.data.classes == ["a", "b"]
+
+
+def test_grid_move_losers_is_a_deprecated_spelling_of_collision_move():
+    with pytest.warns(DeprecationWarning, match="collision: move"):
+        cfg = load_config(None, ["model.grid.move_losers=true"])
+    assert cfg.model.grid.collision == "move" and cfg.model.grid.move_losers is None
+    assert load_config(None, ["model.grid.move_losers=false"]).model.grid.collision == "nearest"
+    with pytest.raises(ConfigError, match="contradicts collision: last"):
+        load_config(None, ["model.grid.move_losers=true", "model.grid.collision=last"])
+    with pytest.raises(ConfigError, match="collision"):
+        load_config(None, ["model.grid.collision=first"])
+
+
+def test_seed_keys_validate():
+    cfg = load_config(
+        None,
+        [
+            "data.test=image_info_test-dev2017.json",
+            "data.scale_jitter=[640, 672, 704, 736, 768, 800]",
+            "model.anchors.offset=0.5",
+            "model.fpn.p6_from=c5",
+            "model.backbone.name=resnext101_32x4d",
+        ],
+    )
+    assert cfg.data.test == "image_info_test-dev2017.json" and cfg.data.scale_jitter[2] == 704
+    assert (cfg.model.anchors.offset, cfg.model.fpn.p6_from) == (0.5, "c5")
+    defaults = load_config(None)
+    assert (defaults.model.anchors.offset, defaults.model.fpn.p6_from, defaults.model.grid.collision) == (
+        0.0,
+        "p5",
+        "nearest",
+    )
+    for bad in ("data.scale_jitter=[800, 640]", "model.anchors.offset=1.5", "model.fpn.p6_from=c4"):
+        with pytest.raises(ConfigError):
+            load_config(None, [bad])
+
+
+FREE_ANCHOR_ROWS = {
+    # config: (backbone, iterations, scale_jitter, prior_prob, P6 source, AP figures in the header)
+    "free_anchor_r50_fpn_1x": ("resnet50", 90000, None, 0.02, "p5", ("38.6", "39.1")),
+    "free_anchor_r101_fpn_1x": ("resnet101", 90000, None, 0.02, "p5", ("41.0", "41.3")),
+    "free_anchor_r101_fpn_1.5x": ("resnet101", 135000, None, 0.02, "p5", ("41.3", "41.8")),
+    "free_anchor_r101_fpn_j2x": (
+        "resnet101",
+        180000,
+        list(range(480, 961, 32)),
+        0.02,
+        "p5",
+        ("42.7", "43.1"),
+    ),
+    "free_anchor_x101_32x8d_fpn_j1.5x": (
+        "resnext101_32x8d",
+        135000,
+        list(range(640, 801, 32)),
+        0.02,
+        "p5",
+        ("44.2", "44.8"),
+    ),
+    "free_anchor_x101_32x4d_fpn_1x": ("resnext101_32x4d", 87960, None, 0.01, "c5", ("41.9", "8.1 GB")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FREE_ANCHOR_ROWS))
+def test_free_anchor_configs_match_their_table_rows(name):
+    path = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
+    backbone, iterations, jitter, prior, p6, figures = FREE_ANCHOR_ROWS[name]
+    cfg = load_config(path)
+    assert (cfg.model.backbone.name, cfg.train.iterations, cfg.data.scale_jitter) == (
+        backbone,
+        iterations,
+        jitter,
+    )
+    assert (cfg.model.head.prior_prob, cfg.model.fpn.p6_from, cfg.data.min_size) == (prior, p6, 800)
+    assert cfg.data.test.endswith("image_info_test-dev2017.json")
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert all(f in header for f in figures) and "seeds" not in path.read_text()

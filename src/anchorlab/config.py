@@ -8,11 +8,20 @@ Translating a config into constructor arguments happens in one place: ``anchorla
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "Config",
@@ -26,7 +35,13 @@ __all__ = [
 
 DetectorName = Literal["retinanet", "free_anchor", "fcos", "centernet", "grid", "faster_rcnn"]
 BackboneName = Literal[
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d", "mobilenet_v3_large"
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnext101_32x4d",
+    "resnext101_32x8d",
+    "mobilenet_v3_large",
 ]
 
 
@@ -51,6 +66,10 @@ class FPNConfig(_Section):
     channels: int = Field(256, gt=0)
     min_level: int = Field(3, ge=2, le=5)
     max_level: int = Field(7, ge=3, le=8)
+    #: Input of the first level above P5 (P6): "p5", the FPN's P5 output (torchvision's
+    #: ``LastLevelP6P7(C, C)``, the FreeAnchor authors' code), or "c5", the backbone's last stage
+    #: (the RetinaNet paper, detectron2, mmdetection's ``add_extra_convs='on_input'``).
+    p6_from: Literal["p5", "c5"] = "p5"
 
     @model_validator(mode="after")
     def _levels(self) -> FPNConfig:
@@ -73,6 +92,9 @@ class AnchorConfig(_Section):
     #: Explicit anchor sizes per level (overrides octave_base_scale/scales_per_octave),
     #: e.g. proposed by `anchorlab anchors`.
     sizes: list[list[float]] | None = None
+    #: Anchor centre of cell (y, x) in cells: 0 = the cell's top-left corner (torchvision, detectron2),
+    #: 0.5 = the cell centre.
+    offset: float = Field(0.0, ge=0, lt=1)
 
 
 class AssignConfig(_Section):
@@ -132,12 +154,32 @@ class GridConfig(_Section):
     #: Per-level ranges of max(w, h) in pixels; None: [4 s, 8 s) per stride s, the first from 0 and the
     #: last to inf ((0, 64), (64, 128), (128, inf) for P3-P5).
     size_ranges: list[tuple[float, float]] | None = None
-    #: Collision losers try the next coarser, then the next finer level.
-    move_losers: bool = False
+    #: Several objects claiming one cell: "nearest" (the object whose centre is nearest the cell centre
+    #: wins), "last" (the object written last wins, the naive target writer's bug) or "move" (nearest,
+    #: then the losers try the next coarser, then the next finer level).
+    collision: Literal["last", "nearest", "move"] = "nearest"
+    #: Deprecated: ``move_losers: true`` is ``collision: move`` (``false`` leaves ``collision`` alone).
+    move_losers: bool | None = None
     box_loss: Literal["l1", "iou", "giou", "diou", "ciou"] = "giou"
     obj_weight: float = Field(1.0, ge=0)
     cls_weight: float = Field(1.0, ge=0)
     box_weight: float = Field(5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _fold_move_losers(self) -> GridConfig:
+        if self.move_losers is True:
+            if self.collision == "last":
+                raise ValueError(
+                    "model.grid.move_losers: true contradicts collision: last; use collision only"
+                )
+            warnings.warn(
+                "model.grid.move_losers is deprecated: use model.grid.collision: move",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            object.__setattr__(self, "collision", "move")
+        object.__setattr__(self, "move_losers", None)
+        return self
 
 
 class RPNConfig(_Section):
@@ -227,6 +269,9 @@ class DataConfig(_Section):
     #: "YOLO 1.1" export (see docs/data.md); `images`: the image folder of COCO / VOC data when elsewhere.
     train: str | None = None
     val: str | None = None
+    #: COCO JSON of the test split, e.g. an image-info file (images and categories, no annotations) such
+    #: as COCO's image_info_test-dev2017.json: `anchorlab eval CONFIG --split test --results OUT.json`.
+    test: str | None = None
     images: str | None = None
     #: auto (detected as `anchorlab data check` does) | coco | voc | yolo | cvat.
     format: Literal["auto", "coco", "voc", "yolo", "cvat"] = "auto"
@@ -241,13 +286,27 @@ class DataConfig(_Section):
     max_pixels: int = Field(178_956_970, gt=0)
     min_size: int | list[int] = 800
     max_size: int = Field(1333, gt=0)
-    #: Multi-scale training: shorter side drawn uniformly from [lo, hi] (overrides min_size in training).
-    scale_jitter: tuple[int, int] | None = None
+    #: Multi-scale training (overrides min_size in training): two values [lo, hi] draw the shorter side
+    #: uniformly from the integers lo..hi; three or more values draw it from that list (e.g. [640, 672,
+    #: 704, 736, 768, 800]). Evaluation keeps min_size.
+    scale_jitter: list[int] | None = None
     hflip: float = Field(0.5, ge=0, le=1)
     photometric: bool = False
     #: Probability that a training sample is a 2x2 mosaic of itself and 3 other training images
     #: (data/mosaic.py), on the sample's own canvas size.
     mosaic: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("scale_jitter")
+    @classmethod
+    def _jitter(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value or min(value) < 1:
+            raise ValueError(f"scale_jitter needs positive sizes, got {value}")
+        if len(value) == 2 and value[0] > value[1]:
+            raise ValueError(f"scale_jitter [lo, hi] needs lo <= hi, got {value}")
+        return value
+
     #: Arguments of `make_synthetic`: generate the synthetic dataset when missing, into the folder of
     #: `train` (which must then be FOLDER/train.json, and `val` FOLDER/val.json) and only when that folder
     #: is empty or absent: never over existing files.

@@ -173,3 +173,53 @@ def test_batched_equals_one_image_at_a_time():
                 single.matched[0, single.cell_of_gt[0, placed]], torch.nonzero(placed).flatten()
             )
             assert int((single.matched[0] >= 0).sum()) == int(placed.sum())
+
+
+def _naive_last_writer(gt: torch.Tensor) -> torch.Tensor:
+    """The buggy target writer of seed 002: a Python loop writing each object into its cell in order."""
+    matched = torch.full((sum(h * w for h, w in SIZES),), BG, dtype=torch.int64)
+    extent = (gt[:, 2:] - gt[:, :2]).amax(dim=1)
+    for i, (b, e) in enumerate(zip(gt.tolist(), extent.tolist(), strict=True)):
+        level = next((k for k, (lo, hi) in enumerate(RANGES) if lo <= e < hi), None)
+        if level is None:
+            continue
+        (h, w), s = SIZES[level], STRIDES[level]
+        gx = min(max(int((b[0] + b[2]) / 2 // s), 0), w - 1)
+        gy = min(max(int((b[1] + b[3]) / 2 // s), 0), h - 1)
+        matched[STARTS[level] + gy * w + gx] = i  # overwrites whoever was there
+    return matched
+
+
+def test_last_collision_policy_is_the_last_writer_whatever_the_distance():
+    near, far = box(19, 21, 10), box(17, 17, 12)  # both in cell (2, 2) of level 0; `near` is nearer
+    for rows, winner in (((far, near), 1), ((near, far), 1)):  # the one written last wins
+        out = assign(*rows, collision="last")
+        assert owners(out) == {2 * 8 + 2: winner}
+        assert out.losers[0].tolist() == [i != winner for i in range(2)] and out.collisions.tolist() == [1]
+    assert owners(assign(near, far)) == {18: 0}  # "nearest" picks `near` in either order
+
+
+def test_last_policy_matches_a_naive_loop_on_random_crowded_images():
+    gen = torch.Generator().manual_seed(3)
+    gts = []
+    for n in (40, 0, 17, 5):
+        c = torch.rand(n, 2, generator=gen) * 64
+        s = torch.rand(n, 1, generator=gen) * 50 + 2
+        gts.append(torch.cat([c - s / 2, c + s / 2], dim=1))
+    out = grid_assign(gts, SIZES, STRIDES, size_ranges=RANGES, collision="last")
+    nearest = grid_assign(gts, SIZES, STRIDES, size_ranges=RANGES, collision="nearest")
+    assert out.collisions.tolist() == nearest.collisions.tolist() and out.collisions[0] > 0
+    assert not torch.equal(out.matched, nearest.matched)  # the winners differ
+    for i, gt in enumerate(gts):
+        assert torch.equal(out.matched[i], _naive_last_writer(gt))
+
+
+def test_collision_policy_names_and_the_old_move_flag():
+    a, b = box(20, 20, 20), box(22, 22, 24)
+    assert torch.equal(
+        assign(a, b, collision="move").matched, assign(a, b, move_losers_to_neighbour_level=True).matched
+    )
+    with pytest.raises(ValueError, match="last, nearest, move"):
+        assign(a, b, collision="first")
+    with pytest.raises(ValueError, match="move_losers_to_neighbour_level"):
+        assign(a, b, collision="last", move_losers_to_neighbour_level=True)

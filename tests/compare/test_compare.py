@@ -90,6 +90,9 @@ def test_report_files_and_rows(first_run):
         assert run["params_m"] > 1 and run["gflops"] > 0 and run["inference_ms"] > 0
         assert run["train_time_s"] > 0 and run["train_images_per_s"] > 0 and run["iterations"] == 6
         assert run["eval_size"] == [96, 96] and run["jobs"] == 1
+        # in-process training: the compare process's peak RSS during the training (reset on Linux)
+        assert run["peak_memory_mb"] > 50 and "compare process" in run["peak_memory_source"]
+        assert run["metrics"]["nms_recall"]["protocol"] == "anchorlab"
         assert (first_run / det / "checkpoint.pt").is_file() and (first_run / det / "result.json").is_file()
         # --threads holds inside training too (train() would otherwise pick the machine's core count)
         assert yaml.safe_load((first_run / det / "config.yaml").read_text())["train"]["threads"] == 1
@@ -100,7 +103,8 @@ def test_report_files_and_rows(first_run):
     assert "Trainings ran" not in report  # the --jobs note
     rows = _table_rows(report)
     assert set(rows) == {"retinanet", "free_anchor"}
-    assert all(r[-1] == "ok" and len(r) == 15 for r in rows.values())
+    assert all(r[-1] == "ok" and len(r) == 16 for r in rows.values())
+    assert "peak mem MB" in report
 
 
 class _Images(HTMLParser):
@@ -204,6 +208,7 @@ def test_parallel_jobs_report_a_failure_and_evaluate_the_rest(synth, tmp_path):
     assert ok["status"] == "ok" and ok["jobs"] == 2 and ok["train_threads"] == 1 and ok["iterations"] == 2
     assert ok["metrics"]["nms_recall"]["num_objects"] > 0 and ok["inference_ms"] > 0 and ok["gflops"] > 0
     assert json.loads((out / "fcos" / "result.json").read_text())["jobs"] == 2
+    assert ok["peak_memory_mb"] > 50 and "training worker process" in ok["peak_memory_source"]
     report = (out / "report.md").read_text()
     rows = _table_rows(report)
     assert list(rows) == ["retinanet", "fcos"]  # the user's order
@@ -307,3 +312,18 @@ def test_fit_anchors_runs_for_every_detector_and_the_assignment_report(synth, tm
     grid_fit = json.loads((tmp_path / "grid" / "fit_anchors.json").read_text())
     assert grid_fit["values"] == {} and "kept" in grid_fit["notes"][0]  # ranges stay (training.md)
     assert "fitted" in json.loads((tmp_path / "assignment.json").read_text())["model"]
+
+
+def test_peak_memory_is_reset_per_measurement():
+    """The second of two measurements in one process does not report the first's larger peak."""
+    from anchorlab.compare.measure import PeakMemory
+
+    with PeakMemory("cpu", "test process") as big:
+        block = bytearray(300 * 2**20)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
+    del block
+    with PeakMemory("cpu", "test process") as small:
+        pass
+    assert big.result()["peak_memory_mb"] >= 300
+    if "since it started" not in small.source:  # the OS let us reset the peak
+        assert small.result()["peak_memory_mb"] < big.result()["peak_memory_mb"] - 200

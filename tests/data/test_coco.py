@@ -90,9 +90,23 @@ def test_malformed_json_names_line_and_column(tmp_path):
 
 def test_missing_top_level_key_is_malformed_json(tmp_path):
     path = tmp_path / "x.json"
-    path.write_text('{"images": []}')
+    path.write_text('{"images": [], "annotations": []}')
+    with pytest.raises(DataError, match=r"malformed_json.*categories"):
+        load_coco(path)
+    path.write_text('{"images": [], "annotations": 3, "categories": []}')
     with pytest.raises(DataError, match=r"malformed_json.*annotations"):
         load_coco(path)
+
+
+def test_image_info_file_without_annotations_loads_with_its_ids(tmp_path):
+    """COCO's image_info_test-dev2017.json: images and categories, no 'annotations' key."""
+    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 640, "height": 480} for i in (1, 139, 285)]
+    path = tmp_path / "image_info_test-dev2017.json"
+    path.write_text(json.dumps({"info": {}, "images": images, "categories": [{"id": 90, "name": "x"}]}))
+    ds = load_coco(path, check_images="none")
+    assert [r.id for r in ds.images] == [1, 139, 285]
+    assert all(len(r.boxes) == 0 and len(r.crowd) == 0 for r in ds.images)
+    assert [c.id for c in ds.categories] == [90]
 
 
 def _load(path, **kw):

@@ -69,6 +69,18 @@ def test_scale_jitter_and_size_choice_stay_in_range():
     assert {resize.sample_short_side() for _ in range(20)} <= {32, 48}
 
 
+def test_scale_jitter_list_draws_only_the_listed_sizes_and_eval_keeps_min_size():
+    torch.manual_seed(0)
+    sizes = (40, 48, 56, 64)  # the authors' {640, 672, ..., 800} pattern, scaled down
+    jitter = build_transforms(True, min_size=50, max_size=1000, hflip=0.0, scale_jitter=sizes)
+    shorts = {min(jitter(_image(50, 80), _target([]))[0].shape[-2:]) for _ in range(60)}
+    assert shorts == set(sizes)  # [lo, hi] would also give 41, 42, ...
+    evaluation = build_transforms(False, min_size=50, max_size=1000)
+    assert min(evaluation(_image(50, 80), _target([]))[0].shape[-2:]) == 50
+    with pytest.raises(ValueError, match="scale_jitter"):
+        ResizeShortestEdge(32, 100, scale_jitter=(40, 0, 60))
+
+
 def test_eval_is_deterministic_and_uses_largest_size():
     t = build_transforms(False, min_size=(32, 48), max_size=1000, hflip=1.0, photometric=True)
     a, ta = t(_image(50, 80), _target([[1, 2, 30, 40]]))

@@ -41,6 +41,41 @@ def test_p6_is_computed_from_p5() -> None:
     assert model.fpn.extra_blocks.convs[0].in_channels == 16  # P5 (16 channels), not C5 (512)
 
 
+def test_p6_from_c5_takes_the_last_stage_and_p5_stays_bit_identical() -> None:
+    torch.manual_seed(0)
+    default = build_backbone("resnet18", fpn_channels=16, max_level=7).eval()
+    torch.manual_seed(0)
+    p5 = build_backbone("resnet18", fpn_channels=16, max_level=7, p6_from="p5").eval()
+    torch.manual_seed(0)
+    c5 = build_backbone("resnet18", fpn_channels=16, max_level=7, p6_from="c5").eval()
+    assert c5.fpn.extra_blocks.convs[0].in_channels == 512 and c5.fpn.extra_blocks.convs[1].in_channels == 16
+    shared = {k: v for k, v in default.state_dict().items() if "extra_blocks.convs.0" not in k}
+    c5.load_state_dict(shared, strict=False)
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        a, b, c = default(x), p5(x), c5(x)
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    assert all(torch.equal(u, v) for u, v in zip(a[:3], c[:3], strict=True))  # P3-P5 unchanged
+    assert c[3].shape == a[3].shape and not torch.allclose(c[3], a[3])
+    with torch.no_grad():  # P6 = conv(C5) by hand
+        c5_map = c5.body(x)["5"]
+        torch.testing.assert_close(c[3], c5.fpn.extra_blocks.convs[0](c5_map))
+    with pytest.raises(ValueError, match="p6_from"):
+        build_backbone("resnet18", fpn_channels=16, p6_from="c6")
+
+
+def test_resnext101_32x4d_is_torchvision_resnet_with_32_groups_of_4() -> None:
+    model = build_backbone("resnext101_32x4d", fpn_channels=16, max_level=5)
+    block = model.body.layer1[0]
+    assert block.conv2.groups == 32 and block.conv2.in_channels == 128  # 32 groups x 4 channels
+    assert [len(model.body[f"layer{i}"]) for i in (1, 2, 3, 4)] == [3, 4, 23, 3]
+    assert model.fpn.inner_blocks[-1][0].in_channels == 2048
+    params = sum(p.numel() for p in model.body.parameters())
+    assert 41e6 < params < 43e6  # ResNeXt-101 32x4d without its classifier: 42.1M
+    with pytest.raises(ValueError, match="no ImageNet weights of resnext101_32x4d"):
+        build_backbone("resnext101_32x4d", weights="imagenet")
+
+
 @pytest.mark.parametrize(
     ("norm", "layer"),
     [

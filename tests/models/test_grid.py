@@ -119,6 +119,30 @@ def test_collisions_are_counted_in_last_stats_not_in_the_losses() -> None:
     head.move_losers = True  # the loser moves to the coarser level
     head.loss(outputs, priors, targets)
     assert head.last_stats == {"collisions": 0, "moved": 1, "num_pos": 2}
+    assert head.collision == "move"
+
+
+def test_collision_policy_reaches_the_head_from_the_config() -> None:
+    """``model.grid.collision: last`` trains the contested cell on the object written last: the loss equals
+    the loss of that object alone; ``nearest`` on the object nearest the cell centre."""
+    # centres (12, 12) -- cell (1, 1)'s centre at stride 8 -- and (9.5, 10) share that cell
+    near, late = [4.0, 4, 20, 20], [2.0, 4, 17, 16]
+    losses = {}
+    for policy in ("last", "nearest"):
+        torch.manual_seed(0)
+        model = build_detector(tiny_config("giou", collision=policy))
+        assert model.head.collision == policy
+        images = [torch.rand(3, 64, 64)]
+        both = model(images, [{"boxes": torch.tensor([near, late]), "labels": torch.tensor([0, 2])}])
+        assert model.head.last_stats["collisions"] == 1
+        winner = late if policy == "last" else near
+        alone = model(
+            images,
+            [{"boxes": torch.tensor([winner]), "labels": torch.tensor([2 if policy == "last" else 0])}],
+        )
+        torch.testing.assert_close(both["loss_box"], alone["loss_box"])
+        losses[policy] = float(both["loss_box"].detach())
+    assert losses["last"] != pytest.approx(losses["nearest"])
 
 
 @pytest.mark.parametrize("box_loss", GRID_BOX_LOSSES)

@@ -18,11 +18,12 @@ from anchorlab.assign.fcos import (  # noqa: E402
     fcos_assign,
     level_index_from_strides,
 )
-from anchorlab.assign.grid import YOLO_SIZE_RANGES, GridAssignment, grid_assign  # noqa: E402
+from anchorlab.assign.grid import COLLISION_POLICIES, YOLO_SIZE_RANGES, GridAssignment, grid_assign  # noqa: E402
 from anchorlab.assign.max_iou import Assignment, max_iou_assign  # noqa: E402
 
 __all__ = [
     "BACKGROUND",
+    "COLLISION_POLICIES",
     "FCOS_REGRESS_RANGES",
     "IGNORE",
     "YOLO_SIZE_RANGES",

@@ -10,18 +10,27 @@ Rules:
   ``lo <= s < hi`` so that each size has one level. An object in no range (gaps in ``size_ranges``)
   gets no cell and level -1; it is not counted as a loser.
 * **Cell**: ``(floor(cx / stride), floor(cy / stride))``, clamped to the grid.
-* **Collisions** (seed 002): when several objects claim one cell, the object whose centre is nearest
-  the **cell centre** ``((x + 0.5) * stride, (y + 0.5) * stride)`` wins (Euclidean distance; ties: the
-  lower object index). The result never depends on the order objects are written in. The others
-  are losers: they never appear in ``matched``.
-* ``move_losers_to_neighbour_level=True``: all first-round losers try the **next coarser** level at
+* **Collisions** (``collision``): when several objects claim one cell,
+
+  - ``"nearest"`` (default, the fix): the object whose centre is nearest the **cell centre**
+    ``((x + 0.5) * stride, (y + 0.5) * stride)`` wins (Euclidean distance; ties: the lower object
+    index). The result never depends on the order objects are written in.
+  - ``"last"``: the object with the **highest index** wins, exactly what a target writer looping over
+    the objects in annotation order (``target[cell] = object``) leaves behind: "last writer wins",
+    whatever the distances. Reproduces the bug of YOLO-style target builders for experiments.
+  - ``"move"``: ``"nearest"``, then the losers move to a neighbour level (below).
+
+  The others are losers: they never appear in ``matched``.
+* ``collision="move"`` (also ``move_losers_to_neighbour_level=True``): all first-round losers try the
+  **next coarser** level at
   their centre cell there; a cell is free only if no object was placed on it before, and losers
   competing for one free cell are resolved by the same nearest-centre rule. Those still without a
   cell then try the **next finer** level the same way. A moved object never displaces one placed
   earlier. Objects left without a cell are the final losers.
 
 Vectorised: each round computes every object's (cell, distance) at once and resolves the winners of
-every cell with two ``scatter_reduce(amin)`` (distance, then index). Shape legend (DESIGN.md):
+every cell with two ``scatter_reduce(amin)`` (distance, then index; ``"last"``: one ``amax`` over
+the index). Shape legend (DESIGN.md):
 B images, M objects (padded), R cells over all levels, L levels.
 """
 
@@ -36,7 +45,10 @@ import torch
 from anchorlab.assign import BACKGROUND
 from anchorlab.assign.common import pad_boxes
 
-__all__ = ["YOLO_SIZE_RANGES", "GridAssignment", "grid_assign"]
+__all__ = ["COLLISION_POLICIES", "YOLO_SIZE_RANGES", "GridAssignment", "grid_assign"]
+
+#: The collision policies of ``grid_assign`` (``model.grid.collision``).
+COLLISION_POLICIES = ("last", "nearest", "move")
 
 #: Default per-level ranges of ``max(w, h)`` for three levels (strides 8, 16, 32), input pixels.
 YOLO_SIZE_RANGES: tuple[tuple[float, float], ...] = ((0.0, 64.0), (64.0, 128.0), (128.0, math.inf))
@@ -72,9 +84,10 @@ class _Levels(NamedTuple):
 
 
 def _place(
-    centres: torch.Tensor, level: torch.Tensor, taken: torch.Tensor, levels: _Levels
+    centres: torch.Tensor, level: torch.Tensor, taken: torch.Tensor, levels: _Levels, last: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One round: objects with ``level >= 0`` claim their centre cell there unless ``taken [B, R]``.
+    """One round: objects with ``level >= 0`` claim their centre cell there unless ``taken [B, R]``; the
+    nearest claimant wins each cell (``last``: the highest object index).
 
     Returns ``(cell [B, M] int64, won [B, M] bool)``; ``cell`` is only meaningful where ``won``.
     """
@@ -94,10 +107,14 @@ def _place(
     dump = num_images * levels.num_priors  # one extra slot for inactive objects
     batch = torch.arange(num_images, device=level.device)[:, None]
     key = torch.where(active, batch * levels.num_priors + cell, dump).reshape(-1)
+    obj = torch.arange(num_objects, device=level.device).expand(num_images, num_objects).reshape(-1)
+    if last:  # the last writer: the highest index among each cell's claimants
+        latest = torch.full((dump + 1,), -1, device=level.device, dtype=torch.int64)
+        latest = latest.scatter_reduce(0, key, torch.where(active.reshape(-1), obj, -1), reduce="amax")
+        return cell, (active.reshape(-1) & (obj == latest[key])).reshape(num_images, num_objects)
     dist_flat = torch.where(active, dist, math.inf).reshape(-1)
     best = dist.new_full((dump + 1,), math.inf).scatter_reduce(0, key, dist_flat, reduce="amin")
     nearest = active.reshape(-1) & (dist_flat == best[key])
-    obj = torch.arange(num_objects, device=level.device).expand(num_images, num_objects).reshape(-1)
     first = torch.full((dump + 1,), num_objects, device=level.device, dtype=torch.int64)
     first = first.scatter_reduce(0, key, torch.where(nearest, obj, num_objects), reduce="amin")
     won = nearest & (obj == first[key])
@@ -110,13 +127,22 @@ def grid_assign(
     strides: Sequence[float],
     *,
     size_ranges: Sequence[tuple[float, float]] = YOLO_SIZE_RANGES,
+    collision: str = "nearest",
     move_losers_to_neighbour_level: bool = False,
 ) -> GridAssignment:
     """Assign ``B`` images' objects (list of xyxy ``[M_i, 4]``, input pixels) to grid cells.
 
     ``feature_sizes`` ``[(H_l, W_l)]`` and ``strides`` describe the levels (finest first),
-    ``size_ranges`` one ``(lo, hi)`` of ``max(w, h)`` per level. See the module docstring for the rules.
+    ``size_ranges`` one ``(lo, hi)`` of ``max(w, h)`` per level, ``collision`` one of
+    ``COLLISION_POLICIES`` (``move_losers_to_neighbour_level=True`` is the older spelling of
+    ``"move"``). See the module docstring for the rules.
     """
+    if collision not in COLLISION_POLICIES:
+        raise ValueError(f"collision {collision!r} is not one of {', '.join(COLLISION_POLICIES)}")
+    if move_losers_to_neighbour_level:
+        if collision == "last":
+            raise ValueError("move_losers_to_neighbour_level=True needs collision 'nearest' or 'move'")
+        collision = "move"
     sizes = [tuple(int(v) for v in hw) for hw in feature_sizes]
     if not (len(sizes) == len(strides) == len(size_ranges)) or not sizes:
         raise ValueError(
@@ -152,12 +178,12 @@ def grid_assign(
     taken = torch.zeros((num_images, levels.num_priors), dtype=torch.bool, device=device)
     cell_of_gt = torch.full((num_images, num_objects), -1, dtype=torch.int64, device=device)
     level_of_gt = size_level.clone()
-    cell, won = _place(centres, size_level, taken, levels)
+    cell, won = _place(centres, size_level, taken, levels, last=collision == "last")
     losers = (size_level >= 0) & ~won
     placed = won
     cell_of_gt = torch.where(won, cell, cell_of_gt)
     moved = torch.zeros_like(won)
-    if move_losers_to_neighbour_level:
+    if collision == "move":
         for step in (1, -1):  # next coarser, then next finer
             taken = _mark(taken, cell_of_gt, placed)
             target = size_level + step

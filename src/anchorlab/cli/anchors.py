@@ -17,6 +17,9 @@ from anchorlab.io import save_figure, write_json, write_text
 console = make_console()
 err_console = make_console(stderr=True)
 
+#: Anchor proposals of ``--method`` (``anchorlab.design``: propose_seed, propose_from_ranges, propose_kmeans).
+METHODS = ("seed", "ranges", "kmeans")
+
 
 def _fail(exc: Exception) -> NoReturn:
     """One ``error: ...`` line on stderr (no markup, no wrapping), exit code 1."""
@@ -180,11 +183,19 @@ def anchors(
         None, "--images", help="Image folder (only read for unrecorded sizes)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the k-means initialisation."),
+    method: str | None = typer.Option(
+        None,
+        "--method",
+        help="Proposal written to anchors.yaml: seed (3 sizes evenly spaced from the smallest to the largest "
+        "object side, ratios 1:1 and 2:1, centred anchors), ranges (octaves from percentiles) or kmeans "
+        "(1 - IoU); default: the one with the best possible recall. The table compares all three.",
+    ),
     out: Path = typer.Option(Path("runs/anchors"), "--out", help="Output folder."),
 ) -> None:
-    """Box statistics after the resize, anchor proposals (data ranges, k-means 1 - IoU) and their best
-    possible recall on the real anchor grid next to the config's anchors. Writes OUT/anchors.yaml (paste
-    under `model:`), OUT/anchor_stats.json, OUT/wh_scatter.png and OUT/best_iou.png.
+    """Box statistics after the resize, anchor proposals (seed: min / max sides; data ranges; k-means
+    1 - IoU) and their best possible recall on the real anchor grid next to the config's anchors.
+    Writes OUT/anchors.yaml (paste under `model:`), OUT/anchor_stats.json, OUT/wh_scatter.png and
+    OUT/best_iou.png.
 
     Example: anchorlab anchors data/train.json --config configs/retinanet_r18_fpn_quick.yaml --out runs/a
     """
@@ -197,6 +208,8 @@ def anchors(
     from anchorlab.models.build import build_anchor_generator
 
     try:
+        if method is not None and method not in METHODS:
+            raise ValueError(f"--method {method!r} is not one of {', '.join(METHODS)}")
         cfg = load_config(config, set_ or [])
         if anchors_per_level < 1 or ratios < 1 or anchors_per_level % ratios:
             raise ValueError(
@@ -219,6 +232,7 @@ def anchors(
                 raise ValueError(f"{data} has no boxes (after the resize) to design anchors from")
             progress.update(task, description="k-means (1 - IoU)")
             proposals = [
+                design.propose_seed(stats, levels=levels),
                 design.propose_from_ranges(
                     stats, levels=levels, scales_per_octave=anchors_per_level // ratios, num_ratios=ratios
                 ),
@@ -276,7 +290,8 @@ def anchors(
             f"a shape-only BPR of {_pct(shape_bpr['kmeans (exact shapes)'])}[/]"
         )
 
-    chosen = max(proposals, key=lambda p: (summaries[p.name]["bpr"], summaries[p.name]["mean_best_iou"]))
+    best = max(proposals, key=lambda p: (summaries[p.name]["bpr"], summaries[p.name]["mean_best_iou"]))
+    chosen = next(p for p in proposals if p.name == method) if method else best
     report = {
         "data": str(data),
         "resize": {"min_size": cfg.data.min_size, "max_size": cfg.data.max_size},
@@ -287,7 +302,8 @@ def anchors(
         "proposals": {p.name: p.to_dict() for p in proposals},
         "coverage": summaries,
         "shape_only_bpr": shape_bpr,
-        "recommended": chosen.name,
+        "recommended": best.name,
+        "chosen": chosen.name,
     }
     if ranges_fit is not None:
         report["level_use"] = ranges_fit.to_dict()
@@ -299,8 +315,11 @@ def anchors(
         _plots(out, wh, shapes, {name: c.best_iou for name, c in cov.items()}, pos_iou)
     except OSError as exc:
         _fail(exc)
+    picked = (
+        f"--method {chosen.name!r}; recommended: {best.name!r}" if method else f"recommended: {best.name!r}"
+    )
     console.print(
-        f"recommended: {chosen.name!r} (best possible recall {summaries[chosen.name]['bpr']:.3f} vs "
+        f"{picked} (best possible recall {summaries[chosen.name]['bpr']:.3f} vs "
         f"{summaries['config']['bpr']:.3f} for the config's anchors); wrote {out / 'anchors.yaml'}, "
         f"{out / 'anchor_stats.json'}, {out / 'wh_scatter.png'}, {out / 'best_iou.png'}"
     )

@@ -49,6 +49,12 @@ Examples:
 
   anchorlab eval configs/retinanet_quick.yaml --checkpoint last.pt --nms-recall
 
+  anchorlab eval configs/retinanet_quick.yaml -c last.pt --nms-recall --nms-recall-protocol anchorlab
+
+  anchorlab eval CONFIG -c last.pt --split test --results dets.json   # data.test: image-info JSON; dets.zip
+
+  anchorlab eval CONFIG -c last.pt --set model.inference.score_thresh=0.3
+
 Tables show percentages, --json fractions; n/a (-1 in JSON) means the subset has no ground truth.
 """
 
@@ -93,8 +99,10 @@ def print_nms_recall(result: Mapping[str, Any], title: str, console: Console | N
     """Rich table of ``nms_recall`` output: recall before and after NMS and their ratio per IoU threshold."""
     console = console or make_console()
     kind = "class-aware" if result.get("class_aware") else "class-agnostic"
+    protocol = f"{result['protocol']} protocol, " if result.get("protocol") else ""
+    sign = ">" if result.get("strict") else ">="
     table = Table(
-        title=plain(f"{title} ({kind}, {result.get('num_objects', '?')} objects)"),
+        title=plain(f"{title} ({protocol}{kind}, {result.get('num_objects', '?')} objects, IoU {sign} t)"),
         title_justify="left",
     )
     for col in ("IoU", "recall before NMS (%)", "recall after NMS (%)", "after / before (%)"):
@@ -116,6 +124,15 @@ def print_nms_recall(result: Mapping[str, Any], title: str, console: Console | N
         style="bold",
     )
     console.print(table)
+    if result.get("protocol") == "freeanchor":  # the authors' own summary lines, 3 decimals
+        lo, hi = result["iou_thresholds"][0], result["iou_thresholds"][-1]
+        console.print(f"NMS Recall (NR) [{lo:g}:{hi:g}] = {_ratio3(result['mean_ratio'])}", highlight=False)
+        for t, ratio in result.get("reported", {}).items():
+            console.print(f"NMS Recall (NR) [IoU > {t}] = {_ratio3(ratio)}", highlight=False)
+
+
+def _ratio3(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
 def _json_safe(obj: Any) -> Any:
@@ -139,31 +156,147 @@ def _write_output(path: Path, text: str) -> None:
         fail(str(err))
 
 
+def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """``(model.inference.* overrides, the rest)``; any other ``model.*`` key is refused: the model (its
+    architecture and weights) comes from the checkpoint."""
+    inference, rest = [], []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key.startswith("model.inference."):
+            inference.append(item)
+        elif key == "model" or key.startswith("model."):
+            fail(
+                f"--set {item}: eval takes the model from the checkpoint; only model.inference.* "
+                "(score_thresh, topk_per_level, nms_iou, max_detections) can be changed here",
+                2,
+            )
+        else:
+            rest.append(item)
+    return inference, rest
+
+
+def _load_for_eval(config: Path, checkpoint: Path | None, overrides: list[str]):
+    """``(cfg, model, categories, checkpoint)``: the config with its non-model overrides, the model and
+    model config of the checkpoint with the ``model.inference.*`` overrides applied to both."""
+    from anchorlab.config import apply_overrides, config_from_dict, load_config
+    from anchorlab.engine.predict import load_trained
+
+    inference, rest = _split_overrides(overrides)
+    cfg = load_config(config, rest + inference)  # validates every override, inference included
+    checkpoint = checkpoint or Path(cfg.train.out) / "checkpoint.pt"
+    model, trained_cfg, categories = load_trained(checkpoint, cfg.train.device)
+    tree = apply_overrides({"model": trained_cfg.model.model_dump(mode="json")}, inference)
+    cfg.model = config_from_dict(tree, f"{checkpoint} + --set").model
+    model.inference.update(cfg.model.inference.model_dump())
+    return cfg, model, categories, checkpoint
+
+
+def _check_split(labelled: bool, split_file: str, options: dict[str, Any]) -> None:
+    """A split without annotations (an image-info file) can only be predicted, not scored."""
+    if options["nms_recall"] and not labelled:
+        raise ValueError(f"{split_file} holds no annotations: NMS recall needs ground truth")
+    if not labelled and options["results"] is None:
+        raise ValueError(
+            f"{split_file} holds no annotations: nothing to score; write the detections with "
+            "--results OUT.json (and submit the zip to the evaluation server)"
+        )
+
+
+def _score_split(
+    model: Any, cfg: Any, dataset: Any, labelled: bool, options: dict[str, Any], overrides: list[str]
+):
+    """``(metrics, results, inference settings used)``: one prediction pass (with the benchmark's score
+    threshold and cap when writing ``--results``, unless ``--set`` names them), COCO metrics when the
+    split is labelled, NMS recall under the chosen protocol when asked."""
+    from anchorlab.data.coco import coco_dict
+    from anchorlab.engine.evaluate import inference_settings, nms_recall_pass, predict_dataset
+    from anchorlab.evaluation import coco_metrics
+    from anchorlab.evaluation.submission import SUBMISSION_INFERENCE
+
+    explicit = {o.split("=", 1)[0].strip().removeprefix("model.inference.") for o in overrides}
+    settings = {k: v for k, v in SUBMISSION_INFERENCE.items() if k not in explicit}
+    with inference_settings(model, settings if options["results"] is not None else {}):
+        used = dict(model.inference)
+        results, _ = predict_dataset(model, cfg, dataset)
+    metrics: dict[str, Any] = coco_metrics(coco_dict(dataset), results) if labelled else {}
+    if options["nms_recall"]:
+        metrics["nms_recall"] = nms_recall_pass(model, cfg, dataset, options["protocol"])
+    metrics["num_detections"] = len(results)
+    return metrics, results, used
+
+
+def _results_targets(config: Path, options: dict[str, Any]) -> tuple[Path, str | None]:
+    """``(results JSON, zip member name or None)``; refuses to replace existing files without --force."""
+    from anchorlab.evaluation.submission import submission_name
+
+    path: Path = options["results"]
+    zip_as = None
+    if options["split"] == "test":
+        zip_as = submission_name(options["testset"], options["alg"] or config.stem)
+    for existing in (path, path.with_suffix(".zip") if zip_as else None):
+        if existing is not None and existing.exists() and not options["force"]:
+            fail(f"{existing} exists; pass --force to replace it")
+    return path, zip_as
+
+
+def _print_model_report(metrics: dict[str, Any], title: str, num_images: int, labelled: bool) -> None:
+    console = Console()
+    if labelled:
+        print_metrics(metrics, title, console)
+    if "nms_recall" in metrics:
+        print_nms_recall(metrics["nms_recall"], "NMS recall", console)
+    if "results_files" in metrics:
+        used = metrics["results_inference"]
+        console.print(
+            f"wrote {metrics['num_detections']} detections on {metrics['results_images']} of {num_images} "
+            f"images (score > {used['score_thresh']}, at most {used['max_detections']} per image) to "
+            + " and ".join(metrics["results_files"]),
+            highlight=False,
+        )
+    if "submission_member" in metrics:
+        console.print(
+            f"upload {metrics['results_files'][-1]} (holding {metrics['submission_member']}) "
+            "to the COCO evaluation server",
+            highlight=False,
+        )
+
+
 def _eval_model(
     config: Path,
     checkpoint: Path | None,
     overrides: list[str],
-    nms_recall: bool,
+    options: dict[str, Any],
     as_json: bool,
     output: Path | None,
 ) -> None:
-    """Evaluate a trained model (the checkpoint's model config) on the config's ``data.val``."""
-    from anchorlab.config import ConfigError, load_config
+    """Evaluate a trained model (the checkpoint's model config) on the config's ``data.<split>``; write
+    its detections with ``--results`` (a server-ready zip for the test split)."""
+    from anchorlab.config import ConfigError
     from anchorlab.data.categories import align_categories
     from anchorlab.data.core import DataError
     from anchorlab.engine.checkpoint import CheckpointError
     from anchorlab.engine.common import load_split
-    from anchorlab.engine.evaluate import evaluate_model
-    from anchorlab.engine.predict import load_trained
+    from anchorlab.engine.evaluate import has_ground_truth
+    from anchorlab.evaluation.submission import write_results
+    from anchorlab.io import OutputError
 
     try:
-        cfg = load_config(config, overrides)
-        checkpoint = checkpoint or Path(cfg.train.out) / "checkpoint.pt"
-        model, trained_cfg, categories = load_trained(checkpoint, cfg.train.device)
-        cfg.model = trained_cfg.model
-        val = align_categories(load_split(cfg, "val"), categories, model=f"checkpoint {checkpoint}")
-        metrics = evaluate_model(model, cfg, val, with_nms_recall=nms_recall)
-    except (ConfigError, DataError, CheckpointError, OSError, ValueError) as err:
+        targets = _results_targets(config, options) if options["results"] is not None else None
+        cfg, model, categories, checkpoint = _load_for_eval(config, checkpoint, overrides)
+        split_file = str(getattr(cfg.data, options["split"]))
+        dataset = load_split(cfg, options["split"])
+        dataset = align_categories(dataset, categories, model=f"checkpoint {checkpoint}")
+        labelled = has_ground_truth(dataset)
+        _check_split(labelled, split_file, options)
+        metrics, results, used = _score_split(model, cfg, dataset, labelled, options, overrides)
+        if targets is not None:
+            path, zip_as = targets
+            metrics["results_files"] = [str(p) for p in write_results(results, path, zip_as=zip_as)]
+            metrics["results_inference"] = used
+            metrics["results_images"] = len({r["image_id"] for r in results})
+            if zip_as:
+                metrics["submission_member"] = zip_as
+    except (ConfigError, DataError, CheckpointError, OSError, OutputError, ValueError) as err:
         fail(str(err))
     metrics = _json_safe(metrics)
     text = json.dumps(metrics, indent=2)
@@ -172,9 +305,8 @@ def _eval_model(
     if as_json:
         typer.echo(text)
         return
-    print_metrics(metrics, f"{cfg.model.detector} on {cfg.data.val} ({checkpoint})")
-    if nms_recall:
-        print_nms_recall(metrics["nms_recall"], "NMS recall")
+    title = f"{cfg.model.detector} on {split_file} ({checkpoint})"
+    _print_model_report(metrics, title, len(dataset.images), labelled)
 
 
 def _ground_truth(gt: Path) -> Path | dict[str, Any]:
@@ -206,7 +338,7 @@ def _eval_files(gt: Path, detections: Path, as_json: bool, output: Path | None) 
 @app.command("eval", epilog=EXAMPLES)
 def eval_command(
     config: Path | None = typer.Argument(
-        None, help="Training config YAML: evaluate a trained model (with --checkpoint) on data.val."
+        None, help="Training config YAML: evaluate a trained model (with --checkpoint) on data.<--split>."
     ),
     gt: Path | None = typer.Option(
         None, "--gt", help="Ground truth (results-file mode): COCO JSON, VOC / YOLO folder, data.yaml, CVAT."
@@ -221,6 +353,28 @@ def eval_command(
     nms_recall: bool = typer.Option(
         False, "--nms-recall", help="Also report recall before/after NMS (model mode)."
     ),
+    protocol: str = typer.Option(
+        "freeanchor",
+        "--nms-recall-protocol",
+        help="freeanchor: the FreeAnchor authors' eval_NR (class-agnostic, IoU > 0.5..0.9, every box "
+        "scoring > 0.05, no caps); anchorlab: the model's inference settings, class-aware, IoU >= 0.50:0.95.",
+    ),
+    split: str = typer.Option("val", "--split", help="Split of the config to evaluate: val, test or train."),
+    results: Path | None = typer.Option(
+        None,
+        "--results",
+        help="Write the detections as a COCO results JSON (score > 0.05, 100 per image unless --set "
+        "model.inference.*); with --split test also OUT.zip for the evaluation server.",
+    ),
+    alg: str | None = typer.Option(
+        None, "--alg", help="Method name in the submission's file name (default: the config's name)."
+    ),
+    testset: str = typer.Option(
+        "test-dev2017",
+        "--testset",
+        help="Server split of the submission: test-dev2017 or test-challenge2017.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --results file."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON instead of tables."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Also write the metrics JSON here."),
 ) -> None:
@@ -228,10 +382,28 @@ def eval_command(
     if config is not None:
         if gt is not None or detections is not None:
             fail("give either CONFIG (model mode) or --gt and --detections (results-file mode), not both")
-        _eval_model(config, checkpoint, list(overrides or []), nms_recall, as_json, output)
+        from anchorlab.evaluation.nms_recall import PROTOCOLS
+        from anchorlab.evaluation.submission import TESTSETS
+
+        if protocol not in PROTOCOLS:
+            fail(f"--nms-recall-protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}", 2)
+        if split not in ("val", "test", "train"):
+            fail(f"--split {split!r} is not one of val, test, train", 2)
+        if testset not in TESTSETS:
+            fail(f"--testset {testset!r} is not one of {', '.join(TESTSETS)}", 2)
+        options = {
+            "split": split,
+            "results": results,
+            "nms_recall": nms_recall,
+            "protocol": protocol,
+            "alg": alg,
+            "testset": testset,
+            "force": force,
+        }
+        _eval_model(config, checkpoint, list(overrides or []), options, as_json, output)
         return
-    if checkpoint is not None or nms_recall or overrides:
-        fail("--checkpoint, --set and --nms-recall need a CONFIG (model mode)")
+    if checkpoint is not None or nms_recall or overrides or results is not None or split != "val":
+        fail("--checkpoint, --set, --split, --results and --nms-recall need a CONFIG (model mode)")
     if gt is None or detections is None:
         missing = " and ".join(n for n, v in (("--gt", gt), ("--detections", detections)) if v is None)
         fail(f"missing {missing}: run `anchorlab eval --gt GT.json --detections DETS.json` or see --help")

@@ -1,10 +1,15 @@
 """What ``compare`` measures of a trained detector: COCO metrics, NMS recall and the PR curve from one pass
-over the val split, batch-1 inference time, parameters and forward FLOPs."""
+over the val split, batch-1 inference time, parameters and forward FLOPs; and the peak memory of its
+training (``PeakMemory``)."""
 
 from __future__ import annotations
 
+import resource
 import statistics
+import sys
 import time
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -16,11 +21,75 @@ from anchorlab.config import Config
 from anchorlab.data.core import DetectionSet
 from anchorlab.data.loader import read_rgb
 
-__all__ = ["SPEED_IMAGES", "SPEED_WARMUP", "measure_speed", "pr_curve", "predict_and_score"]
+__all__ = ["SPEED_IMAGES", "SPEED_WARMUP", "PeakMemory", "measure_speed", "pr_curve", "predict_and_score"]
 
 #: Inference timing: images timed (batch 1) after this many warm-up passes.
 SPEED_IMAGES = 10
 SPEED_WARMUP = 3
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident set size to its current size (Linux >= 4.0: writing 5 to
+    /proc/self/clear_refs resets VmHWM); False where that is impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS in MiB: ``VmHWM`` of /proc/self/status (its own address space), else
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` (kilobytes on Linux, bytes on macOS), which Linux would also
+    fill with the RSS a spawned worker's parent had when it forked."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+class PeakMemory:
+    """Peak memory of the work inside ``with PeakMemory(device, where):``.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensors only, after ``reset_peak_memory_stats``). CPU: the
+    peak resident set size (RSS) of this process, reset on entry where the OS allows (Linux), so it is
+    the peak during the work -- including what the process already held (interpreter, torch, data; in a
+    ``compare --jobs`` worker little else, in the compare process itself also what earlier detectors
+    left). Without the reset it is the peak since the process started, and ``source`` says so.
+    ``result()`` -> ``{"peak_memory_mb", "peak_memory_source"}``.
+    """
+
+    def __init__(self, device: torch.device | str, where: str) -> None:
+        self.device = torch.device(device)
+        self.where = where
+        self.peak_mb: float | None = None
+        self.source = ""
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.source = f"CUDA max_memory_allocated during training ({self.where})"
+        elif _reset_peak_rss():
+            self.source = f"peak RSS during training of the {self.where}"
+        else:
+            self.source = f"peak RSS of the {self.where} since it started (no reset on this OS)"
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.peak_mb = _peak_rss_mb()
+
+    def result(self) -> dict[str, Any]:
+        peak = None if self.peak_mb is None else round(self.peak_mb, 1)
+        return {"peak_memory_mb": peak, "peak_memory_source": self.source}
 
 
 def pr_curve(details: dict[str, Any], iou: float = 0.5) -> dict[str, Any]:
@@ -40,16 +109,18 @@ def pr_curve(details: dict[str, Any], iou: float = 0.5) -> dict[str, Any]:
 
 
 def predict_and_score(model: torch.nn.Module, cfg: Config, val_set: DetectionSet, console: Console):
-    """COCO metrics + NMS recall (as ``engine.evaluate.evaluate_model(with_nms_recall=True)``) and the PR
-    curve from ONE pass over the val split; returns ``(metrics, coco_results)``."""
+    """COCO metrics + NMS recall (the ``anchorlab`` protocol, as ``engine.evaluate.evaluate_model(
+    with_nms_recall=True, nms_recall_protocol="anchorlab")``) and the PR curve from ONE pass over the val
+    split; returns ``(metrics, coco_results)``."""
     from anchorlab.data.coco import coco_dict
     from anchorlab.engine.evaluate import predict_dataset
-    from anchorlab.evaluation import coco_eval_details, coco_metrics, nms_recall
+    from anchorlab.evaluation import coco_eval_details, coco_metrics, protocol_nms_recall
 
     results, raw = predict_dataset(model, cfg, val_set, return_pre_nms=True, console=console)
     gt = coco_dict(val_set)  # the loaded set: any format, ids matched to the model's
     metrics = coco_metrics(gt, results)
-    metrics["nms_recall"] = nms_recall(
+    metrics["nms_recall"] = protocol_nms_recall(  # the model's own caps: one pass serves both
+        "anchorlab",
         [torch.as_tensor(r.boxes) for r in val_set.images],
         [r["pre_nms_boxes"] for r in raw],
         [r["boxes"] for r in raw],

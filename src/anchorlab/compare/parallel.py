@@ -50,10 +50,13 @@ def _init_worker() -> None:
 
 def train_worker(tree: dict[str, Any], threads: int) -> dict[str, Any]:
     """Train the config ``tree`` (``Config.model_dump(mode="json")``) in a worker process with ``threads``
-    torch threads; returns ``{"summary", "log"}`` or, when training raised, ``{"error", "traceback",
-    "log"}`` (``log``: what the training printed)."""
+    torch threads; returns ``{"summary", "log", "memory"}`` (``memory``: ``PeakMemory.result()`` of the
+    training, measured in this worker) or, when training raised, ``{"error", "traceback", "log"}``
+    (``log``: what the training printed)."""
     import torch
 
+    from anchorlab.compare.measure import PeakMemory
+    from anchorlab.engine.common import resolve_device
     from anchorlab.engine.train import train
 
     if _STATE["interrupted"]:
@@ -64,8 +67,9 @@ def train_worker(tree: dict[str, Any], threads: int) -> dict[str, Any]:
     try:
         cfg = Config.model_validate(tree)
         torch.set_num_threads(threads)
-        summary = train(cfg, evaluate=False, console=console, show_progress=False)
-        return {"summary": summary, "log": buffer.getvalue()}
+        with PeakMemory(resolve_device(cfg.train.device), "training worker process") as memory:
+            summary = train(cfg, evaluate=False, console=console, show_progress=False)
+        return {"summary": summary, "log": buffer.getvalue(), "memory": memory.result()}
     except Exception as exc:  # reported as the detector's failure by the main process
         error = f"{type(exc).__name__}: {exc}"
         return {"error": error, "traceback": traceback.format_exc(), "log": buffer.getvalue()}

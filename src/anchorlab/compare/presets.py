@@ -159,7 +159,7 @@ _QUICK_MODELS: dict[str, Tree] = {
         "head": _HEAD_64,
         "grid": {
             "size_ranges": None,
-            "move_losers": False,
+            "collision": "nearest",
             "box_loss": "giou",
             "obj_weight": 1.0,
             "cls_weight": 2.0,

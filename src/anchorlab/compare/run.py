@@ -3,9 +3,10 @@
 For each detector: resolve its config (the budget's shared data + train blocks, its own model section,
 the user's overrides), train it into ``OUT/<detector>/`` with ``engine.train``, evaluate it on the val
 split (COCO metrics, NMS recall, the IoU-0.5 precision-recall curve), time batch-1 inference and count
-parameters and forward FLOPs. A detector that fails is recorded with its error and the others go on; a
-finished run whose resolved config (and data files) did not change is reused unless ``fresh``.
-With ``jobs`` > 1 the trainings run that many at a time in worker processes (``compare.parallel``).
+parameters and forward FLOPs; the training's peak memory is measured where it trains. A detector that
+fails is recorded with its error and the others go on; a finished run whose resolved config (and data
+files) did not change is reused unless ``fresh``. With ``jobs`` > 1 the trainings run that many at a
+time in worker processes (``compare.parallel``).
 """
 
 from __future__ import annotations
@@ -33,12 +34,19 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from anchorlab.compare.measure import measure_speed, pr_curve, predict_and_score
+from anchorlab.compare.measure import PeakMemory, measure_speed, pr_curve, predict_and_score
 from anchorlab.compare.parallel import prepare_run_dir, train_parallel
 from anchorlab.compare.presets import budget_tree, check_budget, has_preset, model_tree
 from anchorlab.config import Config, ConfigError, apply_overrides, config_from_dict
 from anchorlab.data.categories import align_categories
-from anchorlab.engine.common import declares_split, ensure_synthetic, environment, load_split, write_json
+from anchorlab.engine.common import (
+    declares_split,
+    ensure_synthetic,
+    environment,
+    load_split,
+    resolve_device,
+    write_json,
+)
 from anchorlab.io import make_dir, write_text
 
 #: What results.json records of the data: enough to load the val split again (the report's pictures).
@@ -163,15 +171,21 @@ def _run_one(
         "jobs": jobs,
         "train_threads": cfg.train.threads,
     }
+    memory: dict[str, Any] = {"peak_memory_mb": None, "peak_memory_source": "not measured"}
     try:
         if trained is None:
-            summary = train(cfg, evaluate=False, console=console, show_progress=show_progress)
+            with PeakMemory(
+                resolve_device(cfg.train.device), "compare process (in-process training)"
+            ) as peak:
+                summary = train(cfg, evaluate=False, console=console, show_progress=show_progress)
+            memory = peak.result()
         elif "error" in trained:
             summary = None
             write_text(run_dir / "error.txt", trained["traceback"])
             result.update(status="failed", error=trained["error"])
         else:
             summary = trained["summary"]
+            memory = trained.get("memory", memory)
         if summary is not None:
             model, _, categories = load_trained(run_dir / "checkpoint.pt", cfg.train.device)
             val_set = align_categories(load_split(cfg, "val"), categories, model=f"the {detector} checkpoint")
@@ -186,6 +200,7 @@ def _run_one(
                 train_time_s=summary["train_time_s"],
                 train_images_per_s=summary["train_images_per_s"],
                 final_losses=summary["final_losses"],
+                **memory,
                 **measure_speed(model, cfg, val_set),
             )
     except Exception as exc:  # one detector's failure must not stop the comparison

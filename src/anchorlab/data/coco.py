@@ -163,6 +163,9 @@ def load_coco(
 ) -> DetectionSet:
     """Load a COCO detection JSON into a ``DetectionSet``.
 
+    A file without an ``annotations`` key (an image-info file such as ``image_info_test-dev2017.json``:
+    images and categories only) loads as images without objects.
+
     Images are ``images_dir/file_name``, else ``<json dir>/file_name`` or ``<json dir>/images/file_name``.
     ``check_images``: ``"none"`` (trust the JSON), ``"exists"`` (stat every file; default), ``"header"``
     (also read each header's size, after EXIF orientation: ``True``) or ``"decode"`` (also decode every
@@ -185,6 +188,7 @@ def load_coco(
             raise checker.fatal("malformed_json", f"cannot read the file: {exc.strerror or exc}") from None
         if not isinstance(data, dict):
             raise checker.fatal("malformed_json", f"top level is a {type(data).__name__}, not an object")
+        data.setdefault("annotations", [])  # an image-info file (e.g. COCO test-dev): images only
         for key in ("images", "annotations", "categories"):
             if not isinstance(data.get(key), list):
                 raise checker.fatal("malformed_json", f"needs a list under {key!r}")

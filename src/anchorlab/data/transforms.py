@@ -53,25 +53,29 @@ def shortest_edge_size(height: int, width: int, short: int, max_size: int | None
 
 class ResizeShortestEdge(v2.Transform):
     """Resize image and boxes together so the shorter side is ``min_size`` (one drawn uniformly from a
-    tuple, or an integer drawn uniformly from ``scale_jitter = (lo, hi)`` inclusive) and the longer side at
-    most ``max_size``. The size is drawn once per sample, so every input of the sample gets the same."""
+    tuple) and the longer side at most ``max_size``. ``scale_jitter`` replaces ``min_size`` when given:
+    two values ``(lo, hi)`` draw an integer uniformly from ``lo..hi`` inclusive, three or more draw one
+    of the listed sizes. The size is drawn once per sample, so every input of the sample gets the same."""
 
     def __init__(
         self,
         min_size: int | Sequence[int],
         max_size: int | None,
         *,
-        scale_jitter: tuple[int, int] | None = None,
+        scale_jitter: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         sizes = (min_size,) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
         if not sizes or min(sizes) < 1:
             raise ValueError(f"min_size must be a positive int or a non-empty tuple, got {min_size!r}")
         if scale_jitter is not None:
-            lo, hi = (int(v) for v in scale_jitter)
-            if not 1 <= lo <= hi:
-                raise ValueError(f"scale_jitter must be (lo, hi) with 1 <= lo <= hi, got {scale_jitter!r}")
-            scale_jitter = (lo, hi)
+            scale_jitter = tuple(int(v) for v in scale_jitter)
+            lo_above_hi = len(scale_jitter) == 2 and scale_jitter[0] > scale_jitter[1]
+            if not scale_jitter or min(scale_jitter) < 1 or lo_above_hi:
+                raise ValueError(
+                    f"scale_jitter must be (lo, hi) with 1 <= lo <= hi or a list of 3+ positive sizes, "
+                    f"got {scale_jitter!r}"
+                )
         if max_size is not None and max_size < 1:
             raise ValueError(f"max_size must be positive or None, got {max_size}")
         self.min_size = sizes
@@ -79,12 +83,13 @@ class ResizeShortestEdge(v2.Transform):
         self.scale_jitter = scale_jitter
 
     def sample_short_side(self) -> int:
-        if self.scale_jitter is not None:
+        if self.scale_jitter is not None and len(self.scale_jitter) == 2:
             lo, hi = self.scale_jitter
             return int(torch.randint(lo, hi + 1, ()).item())
-        if len(self.min_size) == 1:
-            return self.min_size[0]
-        return self.min_size[int(torch.randint(len(self.min_size), ()).item())]
+        choices = self.scale_jitter if self.scale_jitter is not None else self.min_size
+        if len(choices) == 1:
+            return choices[0]
+        return choices[int(torch.randint(len(choices), ()).item())]
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = query_size(flat_inputs)
@@ -162,7 +167,7 @@ def build_transforms(
     min_size: int | tuple[int, ...],
     max_size: int | None,
     hflip: float = 0.5,
-    scale_jitter: tuple[int, int] | None = None,
+    scale_jitter: Sequence[int] | None = None,
     photometric: bool = False,
     normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     min_box_size: float = 1.0,
@@ -171,7 +176,8 @@ def build_transforms(
     flip with probability ``hflip`` and optionally mild colour jitter, then float32 0..1 (and
     ``normalize = (mean, std)`` if given; off by default, the model normalises).
 
-    Training draws the shorter side from ``min_size`` (a tuple) or ``scale_jitter = (lo, hi)``; evaluation
+    Training draws the shorter side from ``min_size`` (a tuple) or ``scale_jitter`` (``(lo, hi)`` or a list
+    of 3+ sizes, see ``ResizeShortestEdge``); evaluation
     is deterministic: the largest of ``min_size``, no flip, no jitter."""
     steps: list[v2.Transform] = []
     if train:

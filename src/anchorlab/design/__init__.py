@@ -6,6 +6,9 @@
   ratios (``h / w``) and the COCO size buckets (small < 32², medium < 96², large) use the area AFTER resize.
 * ``propose_from_ranges``: RetinaNet-style octave anchors whose ratios are quantiles of the data's aspect
   ratios and whose smallest anchor sits at the data's 5th-percentile size.
+* ``propose_seed``: sizes evenly spaced from the data's smallest to largest object side, ratios 1:1 and
+  2:1, anchors at cell centres (the min / max recipe of
+  the tutorial "Anchor boxes in object detection: when, where and how to propose them").
 * ``kmeans_anchors`` / ``propose_kmeans``: YOLOv2 k-means with distance ``1 - IoU`` of centre-aligned
   ``(w, h)`` shapes, spread over the FPN levels by area.
 * ``coverage``: best possible recall of an ``AnchorGenerator`` on the real anchor grid of each padded image.
@@ -23,6 +26,7 @@ from anchorlab.design.proposals import (
     kmeans_anchors,
     propose_from_ranges,
     propose_kmeans,
+    propose_seed,
 )
 from anchorlab.design.stats import BUCKETS, BoxStats, ResizedBoxes, box_stats, resize_boxes, shape_iou
 
@@ -38,6 +42,7 @@ __all__ = [
     "kmeans_anchors",
     "propose_from_ranges",
     "propose_kmeans",
+    "propose_seed",
     "resize_boxes",
     "shape_iou",
 ]

@@ -125,7 +125,9 @@ def _anchor_generator(model: ModelConfig, anchors: dict[str, Any]) -> AnchorGene
     levels = range(model.fpn.min_level, model.fpn.max_level + 1)
     if model.detector == "faster_rcnn":  # the RPN reads sizes only (8 x stride when unset)
         sizes = a.sizes or [[8.0 * 2**level] for level in levels]
-        return AnchorGenerator(sizes, [list(a.aspect_ratios)], [2**level for level in levels])
+        return AnchorGenerator(
+            sizes, [list(a.aspect_ratios)], [2**level for level in levels], offset=a.offset
+        )
     return build_anchor_generator(model.model_copy(update={"anchors": a}))
 
 

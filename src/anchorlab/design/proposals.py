@@ -1,4 +1,5 @@
-"""Anchor proposals from the data: range-based octave anchors and YOLOv2 k-means shapes.
+"""Anchor proposals from the data: range-based octave anchors, YOLOv2 k-means shapes and the min / max
+recipe of the "anchor boxes: when, where and how" tutorial (``propose_seed``).
 
 Shape legend (DESIGN.md): N objects (all images), S shapes.
 """
@@ -61,6 +62,39 @@ def anchor_generator(anchors: dict[str, Any], min_level: int, max_level: int) ->
         fpn=FPNConfig(min_level=min_level, max_level=max_level), anchors=AnchorConfig(**anchors)
     )
     return build_anchor_generator(cfg)
+
+
+def propose_seed(
+    data: BoxStats | ResizedBoxes | np.ndarray,
+    *,
+    levels: tuple[int, int] = (3, 7),
+    num_scales: int = 3,
+    aspect_ratios: tuple[float, ...] = (1.0, 0.5),
+    offset: float = 0.5,
+) -> Proposal:
+    """The tutorial's recipe: ``num_scales`` sizes evenly spaced (linearly) from the smallest side of any
+    object (``min`` over objects of ``min(w, h)``) to the largest (``max`` of ``max(w, h)``), ratios 1:1
+    and 2:1 (width twice the height: ``h / w = 0.5``), every size x ratio at every location of every
+    level, anchors centred in their cells (``offset`` 0.5). A size is the square root of the anchor's
+    area (anchorlab's convention), so the 2:1 anchor of size ``s`` is ``s sqrt(2)`` x ``s / sqrt(2)``."""
+    wh = _wh_of(data)
+    lo_level, hi_level = levels
+    if num_scales < 1:
+        raise ValueError(f"num_scales must be >= 1, got {num_scales}")
+    smallest, largest = float(wh.min()), float(wh.max())
+    sizes = [_round(v) for v in np.linspace(smallest, largest, num_scales)]
+    if len(set(sizes)) < len(sizes):  # every object of one size: keep one anchor size
+        sizes = sorted(set(sizes))
+    notes = [
+        f"sizes evenly spaced from the smallest object side ({smallest:.1f} px) to the largest "
+        f"({largest:.1f} px), the same on every level P{lo_level}..P{hi_level}; anchors at cell centres"
+    ]
+    anchors = {
+        "sizes": [list(sizes) for _ in range(lo_level, hi_level + 1)],
+        "aspect_ratios": [float(r) for r in aspect_ratios],
+        "offset": float(offset),
+    }
+    return Proposal("seed", anchors, lo_level, hi_level, notes)
 
 
 def propose_from_ranges(

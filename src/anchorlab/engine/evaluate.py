@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -11,13 +13,27 @@ from rich.progress import Progress
 from anchorlab import distributed as dist_utils
 from anchorlab.config import Config
 from anchorlab.data.batch import size_divisor
-from anchorlab.data.core import DetectionSet
+from anchorlab.data.core import DetectionSet, ImageRecord
 from anchorlab.data.loader import DetectionDataset, build_loader
 from anchorlab.data.transforms import boxes_to_original, build_transforms
 from anchorlab.engine.common import move_targets
-from anchorlab.evaluation import coco_metrics, detections_to_coco_results, nms_recall
+from anchorlab.evaluation import coco_metrics, detections_to_coco_results
+from anchorlab.evaluation.nms_recall import (
+    NMSRecallProtocol,
+    best_overlap,
+    get_protocol,
+    protocol_nms_recall,
+    protocol_result,
+)
 
-__all__ = ["eval_transforms", "evaluate_model", "predict_dataset"]
+__all__ = [
+    "eval_transforms",
+    "evaluate_model",
+    "has_ground_truth",
+    "inference_settings",
+    "nms_recall_pass",
+    "predict_dataset",
+]
 
 
 def eval_transforms(cfg: Config):
@@ -34,13 +50,16 @@ def predict_dataset(
     return_pre_nms: bool = False,
     console: Console | None = None,
     batch_size: int | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, torch.Tensor]]]:
+    reduce: Callable[[dict[str, torch.Tensor], ImageRecord], Any] | None = None,
+) -> tuple[list[dict[str, Any]], list[Any]]:
     """Detections of every image, in the ORIGINAL image coordinates.
 
     Returns ``(results, raw)``: COCO result dicts with the file's category ids, and per image (in the
-    dataset's order) the raw ``{"boxes", "scores", "labels"}`` (plus ``pre_nms_*`` when asked) on the CPU.
+    dataset's order) the raw ``{"boxes", "scores", "labels"}`` (plus ``pre_nms_*`` when asked) on the CPU,
+    or what ``reduce(raw, record)`` makes of it (to keep only a summary of large candidate sets).
     Under torchrun every rank predicts its share and every rank gets the gathered whole.
     """
+    records = {record.id: record for record in dataset.images}
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -55,7 +74,7 @@ def predict_dataset(
         rank=dist_utils.rank(),
         world_size=dist_utils.world_size(),
     )
-    per_image: dict[int, tuple[list[dict[str, Any]], dict[str, torch.Tensor]]] = {}
+    per_image: dict[int, tuple[list[dict[str, Any]], Any]] = {}
     with Progress(console=console or Console(stderr=True), transient=True) as progress:
         task = progress.add_task("evaluate", total=len(dataset))
         for batch, targets in loader:
@@ -71,7 +90,7 @@ def predict_dataset(
                     mapped[key] = value
                 image_id = target["image_id"]
                 coco = detections_to_coco_results([mapped], [image_id], dataset.label_to_category_id)
-                per_image[image_id] = (coco, mapped)
+                per_image[image_id] = (coco, mapped if reduce is None else reduce(mapped, records[image_id]))
             progress.advance(task, len(batch))
     model.train(was_training)
     loader.close()
@@ -81,26 +100,80 @@ def predict_dataset(
     return [r for coco, _ in ordered for r in coco], [mapped for _, mapped in ordered]
 
 
+@contextmanager
+def inference_settings(model: torch.nn.Module, overrides: Mapping[str, Any]) -> Iterator[None]:
+    """Temporarily update ``model.inference`` (the post-processing keywords) with ``overrides``."""
+    target = getattr(model, "module", model)  # DDP / compiled wrappers keep the Detector in .module
+    saved = dict(target.inference)
+    target.inference.update(overrides)
+    try:
+        yield
+    finally:
+        target.inference.clear()
+        target.inference.update(saved)
+
+
+def has_ground_truth(dataset: DetectionSet) -> bool:
+    """Whether any image of ``dataset`` holds an object or a crowd region (an image-info file holds none)."""
+    return any(len(r.boxes) or len(r.crowd) for r in dataset.images)
+
+
+def nms_recall_pass(
+    model: torch.nn.Module,
+    cfg: Config,
+    dataset: DetectionSet,
+    protocol: str | NMSRecallProtocol = "freeanchor",
+    *,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """NMS recall of ``model`` on ``dataset`` under ``protocol`` (``evaluation.PROTOCOLS``): one
+    prediction pass with the protocol's inference overrides, keeping only each object's best IoU before
+    and after NMS per image (the candidate sets of an uncapped protocol are large)."""
+    protocol = get_protocol(protocol)
+
+    def overlaps(raw: dict[str, torch.Tensor], record: ImageRecord) -> tuple[torch.Tensor, torch.Tensor]:
+        gt = torch.as_tensor(record.boxes)
+        if not protocol.class_aware:
+            return best_overlap(gt, raw["pre_nms_boxes"]), best_overlap(gt, raw["boxes"])
+        labels = torch.as_tensor(record.labels)
+        return (
+            best_overlap(gt, raw["pre_nms_boxes"], labels, raw["pre_nms_labels"]),
+            best_overlap(gt, raw["boxes"], labels, raw["labels"]),
+        )
+
+    with inference_settings(model, protocol.inference):
+        _, pairs = predict_dataset(model, cfg, dataset, return_pre_nms=True, console=console, reduce=overlaps)
+    return protocol_result(protocol, [p[0] for p in pairs], [p[1] for p in pairs])
+
+
 def evaluate_model(
     model: torch.nn.Module,
     cfg: Config,
     dataset: DetectionSet,
     *,
     with_nms_recall: bool = False,
+    nms_recall_protocol: str | NMSRecallProtocol = "freeanchor",
     console: Console | None = None,
 ) -> dict[str, Any]:
     """COCO metrics of ``model`` on ``dataset`` (as loaded and validated, in any format, its labels in the
-    model's label order: see ``anchorlab.data.align_categories``), plus NMS recall if asked."""
+    model's label order: see ``anchorlab.data.align_categories``), plus NMS recall if asked, under
+    ``nms_recall_protocol``: ``"anchorlab"`` reuses the evaluation pass, a protocol with its own
+    inference settings (``"freeanchor"``) costs a second pass."""
     from anchorlab.data.coco import coco_dict
 
-    results, raw = predict_dataset(model, cfg, dataset, return_pre_nms=with_nms_recall, console=console)
+    protocol = get_protocol(nms_recall_protocol)
+    same_pass = with_nms_recall and not protocol.inference
+    results, raw = predict_dataset(model, cfg, dataset, return_pre_nms=same_pass, console=console)
     if not dist_utils.is_main():
+        if with_nms_recall and not same_pass:  # every rank takes part in the second pass
+            nms_recall_pass(model, cfg, dataset, protocol, console=console)
         return {}
     metrics = coco_metrics(coco_dict(dataset), results)  # the loaded set: any format, ids as matched
-    if with_nms_recall:
+    if same_pass:
         gts = [torch.as_tensor(r.boxes) for r in dataset.images]
         gt_labels = [torch.as_tensor(r.labels) for r in dataset.images]
-        metrics["nms_recall"] = nms_recall(
+        metrics["nms_recall"] = protocol_nms_recall(
+            protocol,
             gts,
             [r["pre_nms_boxes"] for r in raw],
             [r["boxes"] for r in raw],
@@ -108,5 +181,7 @@ def evaluate_model(
             pre_labels=[r["pre_nms_labels"] for r in raw],
             post_labels=[r["labels"] for r in raw],
         )
+    elif with_nms_recall:
+        metrics["nms_recall"] = nms_recall_pass(model, cfg, dataset, protocol, console=console)
     metrics["num_detections"] = len(results)
     return metrics

@@ -7,11 +7,15 @@ on them and adds the coarser levels ``P6 .. P_max`` RetinaNet-style: a stride-2 
 for P6, then ReLU + stride-2 3x3 conv for each further level.
 
 Which input P6 uses differs between implementations. torchvision's ``LastLevelP6P7(in, out)`` takes
-P5 when ``in == out`` (``retinanet_resnet50_fpn``, FCOS) and C5 otherwise
-(``retinanet_resnet50_fpn_v2``, the RetinaNet paper, detectron2). We always use P5: it does not depend
-on the body's channel count, is cheaper (256 instead of 2048 input channels) and FCOS reports it as at
-least as good. With ``max_level == 7`` the extra block is exactly ``LastLevelP6P7(C, C)``
-(same layers and initialisation); ``LastLevelsP6Plus`` generalises it to any number of extra levels.
+P5 when ``in == out`` (``retinanet_resnet50_fpn``, FCOS, the FreeAnchor authors' code) and C5 otherwise
+(``retinanet_resnet50_fpn_v2``, the RetinaNet paper, detectron2, mmdetection's
+``add_extra_convs='on_input'``). ``p6_from="p5"`` (the default) does not depend on the body's channel
+count and is cheaper (256 instead of 2048 input channels); ``p6_from="c5"`` reproduces the others. With
+``max_level == 7`` the extra block is exactly ``LastLevelP6P7(C5 or C, C)`` (same layers and
+initialisation); ``LastLevelsP6Plus`` generalises it to any number of extra levels.
+
+``resnext101_32x4d`` (no torchvision builder) is torchvision's ``ResNet`` with ``Bottleneck`` blocks
+``[3, 4, 23, 3]``, ``groups=32``, ``width_per_group=4``: the state-dict keys of torchvision's ResNeXts.
 
 Weights: ``None`` = random init; a path = a local state dict; ``"imagenet"`` = torchvision's weights
 API (downloads; fails with a message naming the local-file alternative when offline).
@@ -30,14 +34,32 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.resnet import Bottleneck, ResNet
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
-__all__ = ["BACKBONES", "BackboneFPN", "LastLevelsP6Plus", "build_backbone", "load_backbone_weights"]
+__all__ = [
+    "BACKBONES",
+    "P6_SOURCES",
+    "BackboneFPN",
+    "LastLevelsP6Plus",
+    "build_backbone",
+    "load_backbone_weights",
+]
 
-_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d")
+_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x4d", "resnext101_32x8d")
 BACKBONES = (*_RESNETS, "mobilenet_v3_large")
 NORMS = ("bn", "frozen_bn", "gn")
+P6_SOURCES = ("p5", "c5")
+
+
+def _resnext101_32x4d(*, weights: None = None, norm_layer: Callable[..., nn.Module]) -> ResNet:
+    """ResNeXt-101 32x4d (the backbone of mmdetection's X-101-32x4d rows), randomly initialised."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=4, norm_layer=norm_layer)
+
+
+#: Bodies torchvision has no builder for, built from its public ResNet classes.
+_EXTRA_BODIES: dict[str, Callable[..., nn.Module]] = {"resnext101_32x4d": _resnext101_32x4d}
 
 #: mobilenet_v3_large ``features`` index of the last block of each stride ``2**level`` (C2..C5).
 _MOBILENET_STAGES = {2: 3, 3: 6, 4: 12, 5: 16}
@@ -65,22 +87,29 @@ def _norm_layer(norm: str, mobilenet: bool) -> Callable[..., nn.Module]:
 
 
 class LastLevelsP6Plus(ExtraFPNBlock):
-    """Extra pyramid levels above P5: ``P6 = conv3x3/2(P5)``, ``P(l+1) = conv3x3/2(relu(P_l))``.
+    """Extra pyramid levels above P5: ``P6 = conv3x3/2(P5)`` (or of C5 with ``in_channels`` its channels
+    and ``from_c5``), ``P(l+1) = conv3x3/2(relu(P_l))``.
 
-    For two levels this is torchvision's ``LastLevelP6P7(C, C)`` (uses P5, kaiming-uniform init).
+    For two levels this is torchvision's ``LastLevelP6P7(in_channels, C)`` (kaiming-uniform init).
     """
 
-    def __init__(self, channels: int, num_levels: int) -> None:
+    def __init__(
+        self, channels: int, num_levels: int, *, in_channels: int | None = None, from_c5: bool = False
+    ) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, 2, 1) for _ in range(num_levels))
+        first = in_channels if in_channels is not None else channels
+        self.convs = nn.ModuleList(
+            nn.Conv2d(first if i == 0 else channels, channels, 3, 2, 1) for i in range(num_levels)
+        )
         for conv in self.convs:
             nn.init.kaiming_uniform_(conv.weight, a=1)
             nn.init.constant_(conv.bias, 0)
+        self.from_c5 = from_c5
 
     def forward(
         self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]
     ) -> tuple[list[torch.Tensor], list[str]]:
-        x = p[-1]
+        x = c[-1] if self.from_c5 else p[-1]
         for i, conv in enumerate(self.convs):
             x = conv(x if i == 0 else F.relu(x))
             p.append(x)
@@ -99,15 +128,19 @@ class BackboneFPN(nn.Module):
         out_channels: int,
         min_level: int,
         max_level: int,
+        p6_from: str = "p5",
     ) -> None:
         super().__init__()
+        if p6_from not in P6_SOURCES:
+            raise ValueError(f"p6_from {p6_from!r} is not one of {', '.join(P6_SOURCES)}")
         num_extra = max(0, max_level - 5)
+        from_c5 = p6_from == "c5"
+        extra = None
+        if num_extra:  # created before the FPN's own layers, as always (same initialisation)
+            c5 = in_channels[-1] if from_c5 else None
+            extra = LastLevelsP6Plus(out_channels, num_extra, in_channels=c5, from_c5=from_c5)
         self.body = body
-        self.fpn = FeaturePyramidNetwork(
-            in_channels,
-            out_channels,
-            extra_blocks=LastLevelsP6Plus(out_channels, num_extra) if num_extra else None,
-        )
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra)
         self.min_level, self.max_level = min_level, max_level
         self.out_channels = out_channels
         self.strides = [2**level for level in range(min_level, max_level + 1)]
@@ -219,6 +252,7 @@ def build_backbone(
     fpn_channels: int = 256,
     min_level: int = 3,
     max_level: int = 7,
+    p6_from: str = "p5",
 ) -> BackboneFPN:
     """A torchvision backbone + FPN producing ``P_min_level .. P_max_level`` (strides ``2**level``).
 
@@ -229,13 +263,22 @@ def build_backbone(
         trainable_layers: how many of the five stages (stem, then the stride 4/8/16/32 stages) train.
         fpn_channels: channels of every pyramid level.
         min_level, max_level: pyramid levels, ``2 <= min_level <= 5``, ``max_level >= min_level``.
+        p6_from: ``"p5"`` or ``"c5"``, the input of P6 (see the module docstring).
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}")
     if not 2 <= min_level <= 5 or max_level < min_level:
         raise ValueError(f"need 2 <= min_level <= 5 and max_level >= min_level, got {min_level}, {max_level}")
     mobilenet = name == "mobilenet_v3_large"
-    net = torchvision.models.get_model(name, weights=None, norm_layer=_norm_layer(norm, mobilenet))
+    if name in _EXTRA_BODIES:
+        if weights is not None and str(weights) == "imagenet":
+            raise ValueError(
+                f"torchvision has no ImageNet weights of {name}: point model.backbone.weights at a local "
+                "state dict with torchvision ResNeXt keys (conv1.weight, layer1.0.conv2.weight, ...)"
+            )
+        net = _EXTRA_BODIES[name](norm_layer=_norm_layer(norm, mobilenet))
+    else:
+        net = torchvision.models.get_model(name, weights=None, norm_layer=_norm_layer(norm, mobilenet))
     if weights is not None and str(weights) == "imagenet":
         state = _imagenet_state_dict(name)
         missing, unexpected = net.load_state_dict(state, strict=False)
@@ -260,4 +303,4 @@ def build_backbone(
     body = IntermediateLayerGetter(source, return_layers=return_layers)
     if weights is not None and str(weights) != "imagenet":
         load_backbone_weights(body, weights, ignorable=set(source.state_dict()) - set(body.state_dict()))
-    return BackboneFPN(body, in_channels, fpn_channels, min_level, max_level)
+    return BackboneFPN(body, in_channels, fpn_channels, min_level, max_level, p6_from=p6_from)

@@ -28,7 +28,8 @@ __all__ = ["DETECTORS", "build_anchor_generator", "build_detector"]
 
 
 def build_anchor_generator(cfg: ModelConfig) -> AnchorGenerator:
-    """``cfg.anchors.sizes`` (one list per FPN level) if given, else RetinaNet's octave anchors."""
+    """``cfg.anchors.sizes`` (one list per FPN level) if given, else RetinaNet's octave anchors; centres at
+    ``cfg.anchors.offset`` cells."""
     levels = range(cfg.fpn.min_level, cfg.fpn.max_level + 1)
     ratios = [list(cfg.anchors.aspect_ratios)]
     if cfg.anchors.sizes is not None:
@@ -37,13 +38,16 @@ def build_anchor_generator(cfg: ModelConfig) -> AnchorGenerator:
                 f"model.anchors.sizes has {len(cfg.anchors.sizes)} levels but the FPN has {len(levels)} "
                 f"(P{cfg.fpn.min_level}..P{cfg.fpn.max_level})"
             )
-        return AnchorGenerator(cfg.anchors.sizes, ratios, [2**level for level in levels])
+        return AnchorGenerator(
+            cfg.anchors.sizes, ratios, [2**level for level in levels], offset=cfg.anchors.offset
+        )
     return AnchorGenerator.retinanet(
         min_level=cfg.fpn.min_level,
         max_level=cfg.fpn.max_level,
         octave_base_scale=cfg.anchors.octave_base_scale,
         scales_per_octave=cfg.anchors.scales_per_octave,
         aspect_ratios=cfg.anchors.aspect_ratios,
+        offset=cfg.anchors.offset,
     )
 
 
@@ -57,6 +61,7 @@ def _backbone(cfg: ModelConfig) -> BackboneFPN:
         fpn_channels=cfg.fpn.channels,
         min_level=cfg.fpn.min_level,
         max_level=cfg.fpn.max_level,
+        p6_from=cfg.fpn.p6_from,
     )
 
 
@@ -173,7 +178,7 @@ def _centernet(cfg: ModelConfig) -> Detector:
 
 
 def _grid(cfg: ModelConfig) -> Detector:
-    """YOLO-style grid: one cell per object, nearest-centre collision policy (``model.grid``)."""
+    """YOLO-style grid: one cell per object, collision policy ``model.grid.collision``."""
     backbone = _backbone(cfg)
     g = cfg.grid
     head = GridHead(
@@ -184,7 +189,7 @@ def _grid(cfg: ModelConfig) -> Detector:
         norm=cfg.head.norm,
         prior_prob=cfg.head.prior_prob,
         size_ranges=g.size_ranges,
-        move_losers=g.move_losers,
+        collision=g.collision,
         box_loss=g.box_loss,
         obj_weight=g.obj_weight,
         cls_weight=g.cls_weight,
@@ -204,7 +209,9 @@ def _faster_rcnn(cfg: ModelConfig) -> Detector:
     sizes = cfg.anchors.sizes or [[8.0 * 2**level] for level in levels]
     if len(sizes) != len(levels):
         raise ValueError(f"model.anchors.sizes has {len(sizes)} levels but the FPN has {len(levels)}")
-    anchors = AnchorGenerator(sizes, [list(cfg.anchors.aspect_ratios)], [2**level for level in levels])
+    anchors = AnchorGenerator(
+        sizes, [list(cfg.anchors.aspect_ratios)], [2**level for level in levels], offset=cfg.anchors.offset
+    )
     per_location = set(anchors.num_anchors_per_location())
     if len(per_location) != 1:
         raise ValueError(

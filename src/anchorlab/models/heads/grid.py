@@ -9,9 +9,10 @@
   ``((gx + sigmoid(tx)) s, (gy + sigmoid(ty)) s)`` -- always inside the cell that predicts it -- and size
   ``(exp(tw) s, exp(th) s)``, i.e. ``tw = log(w / s)``.
 * Assignment (``grid_assign``): the level whose size range holds ``max(w, h)``, the cell holding the
-  centre; when several centres share a cell the one nearest the **cell centre** wins (never "the last
-  one written", seed 002); optionally the losers move to a neighbour level (``move_losers``). The
-  number of final losers of the last batch is in ``last_stats`` (detached, not a loss).
+  centre; when several centres share a cell the one nearest the **cell centre** wins
+  (``collision="nearest"``); ``"move"`` also moves the losers to a neighbour level, and ``"last"``
+  reproduces the "last writer wins" bug for experiments. The number of final losers of the last batch
+  is in ``last_stats`` (detached, not a loss).
 * Loss: objectness BCE over all cells (assigned cells are positives), class BCE over positives, box loss
   over positives -- ``"l1"`` on ``(sigmoid(tx), sigmoid(ty), tw, th)`` against the encoded targets, or an
   IoU kind (``iou | giou | diou | ciou``) on decoded boxes; each summed and divided by the positives.
@@ -33,6 +34,7 @@ from torch import nn
 
 from anchorlab.anchors import grid_points
 from anchorlab.assign import gather_matched, grid_assign, pad_boxes
+from anchorlab.assign.grid import COLLISION_POLICIES
 from anchorlab.distributed import mean_across_ranks
 from anchorlab.losses.basic import l1_loss
 from anchorlab.losses.iou import iou_loss
@@ -71,7 +73,8 @@ class GridHead(nn.Module):
         channels, num_convs, norm: the shared tower ("none" | "gn" | "bn").
         prior_prob: initial objectness probability (class probabilities start at ``1 / K``).
         size_ranges: per-level ``(lo, hi)`` of ``max(w, h)`` in pixels; None: ``default_size_ranges``.
-        move_losers: collision losers try the neighbour levels (``grid_assign``).
+        collision: ``"nearest"``, ``"last"`` or ``"move"`` (``grid_assign``).
+        move_losers: deprecated spelling of ``collision="move"`` (True) or of the default (False).
         box_loss: one of ``GRID_BOX_LOSSES``.
         obj_weight, cls_weight, box_weight: multiply the three losses.
     """
@@ -86,7 +89,8 @@ class GridHead(nn.Module):
         norm: str = "gn",
         prior_prob: float = 0.01,
         size_ranges: Sequence[tuple[float, float]] | None = None,
-        move_losers: bool = False,
+        collision: str = "nearest",
+        move_losers: bool | None = None,
         box_loss: str = "giou",
         obj_weight: float = 1.0,
         cls_weight: float = 1.0,
@@ -105,12 +109,23 @@ class GridHead(nn.Module):
             self.pred.bias[0] = -math.log((1 - prior_prob) / prior_prob)
             self.pred.bias[1 : 1 + num_classes] = -math.log(max(num_classes - 1, 1e-6))  # sigmoid = 1 / K
         self.size_ranges = None if size_ranges is None else [(float(a), float(b)) for a, b in size_ranges]
-        self.move_losers = move_losers
+        if collision not in COLLISION_POLICIES:
+            raise ValueError(f"grid collision {collision!r} is not one of {', '.join(COLLISION_POLICIES)}")
+        self.collision = "move" if move_losers else collision
         self.box_loss = box_loss
         self.obj_weight, self.cls_weight, self.box_weight = obj_weight, cls_weight, box_weight
         #: Detached statistics of the last ``loss`` call: ``collisions`` (final losers), ``moved``,
         #: ``num_pos`` (python ints).
         self.last_stats: dict[str, int] = {}
+
+    @property
+    def move_losers(self) -> bool:
+        """Deprecated view of ``collision == "move"`` (setting it True / False picks "move" / "nearest")."""
+        return self.collision == "move"
+
+    @move_losers.setter
+    def move_losers(self, value: bool) -> None:
+        self.collision = "move" if value else "nearest"
 
     def forward(self, features: Sequence[torch.Tensor]) -> dict[str, Any]:
         """``features [B, C, H_l, W_l]`` per level -> ``obj_logits [B, R]``, ``cls_logits [B, R, K]``,
@@ -163,7 +178,7 @@ class GridHead(nn.Module):
             priors.feature_sizes,
             priors.level_strides,
             size_ranges=ranges,
-            move_losers_to_neighbour_level=self.move_losers,
+            collision=self.collision,
         )
         matched = assignment.matched  # [B, R]
         positive = matched >= 0
