@@ -115,9 +115,7 @@ def test_resume_after_interrupt_is_exact(synth, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "build_train_loader", real)
     train(tiny(synth, tmp_path / "cut"), resume=True, evaluate=False, show_progress=False)
 
-    assert _same_weights(
-        _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
-    )
+    assert _same_weights(_weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt"))
     full = [json.loads(x) for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     cut = [json.loads(x) for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in full] == [r["loss"] for r in cut]

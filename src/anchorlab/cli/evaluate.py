@@ -149,14 +149,14 @@ def _eval_model(
     """Evaluate a trained model (the checkpoint's model config) on the config's ``data.val``."""
     from anchorlab.config import ConfigError, load_config
     from anchorlab.data.core import DataError
-    from anchorlab.engine.checkpoint import CheckpointError
+    from anchorlab.engine.checkpoint import CheckpointError, trained_weights
     from anchorlab.engine.common import load_split
     from anchorlab.engine.evaluate import evaluate_model
     from anchorlab.engine.predict import load_trained
 
     try:
         cfg = load_config(config, overrides)
-        checkpoint = checkpoint or Path(cfg.train.out) / "checkpoint.pt"
+        checkpoint = checkpoint or trained_weights(cfg.train.out)
         model, trained_cfg, _ = load_trained(checkpoint, cfg.train.device)
         cfg.model = trained_cfg.model
         metrics = evaluate_model(model, cfg, load_split(cfg, "val"), with_nms_recall=nms_recall)

@@ -156,7 +156,7 @@ def _run_one(
     }
     try:
         if trained is None:
-            summary = train(cfg, evaluate=False, console=console, show_progress=show_progress)
+            summary = train(cfg, exist_ok=True, evaluate=False, console=console, show_progress=show_progress)
         elif "error" in trained:
             summary = None
             write_text(run_dir / "error.txt", trained["traceback"])
@@ -164,7 +164,7 @@ def _run_one(
         else:
             summary = trained["summary"]
         if summary is not None:
-            model, _, _ = load_trained(run_dir / "checkpoint.pt", cfg.train.device)
+            model, _, _ = load_trained(summary["checkpoint"], cfg.train.device)
             val_set = load_split(cfg, "val")
             metrics, detections = predict_and_score(model, cfg, val_set, console)
             write_json(run_dir / "detections.json", detections)

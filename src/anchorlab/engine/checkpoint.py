@@ -21,9 +21,9 @@ import torch
 from anchorlab.io import OutputError, atomic_write
 
 __all__ = [
+    "BEST",
     "FORMAT",
     "LAST",
-    "BEST",
     "LEGACY",
     "CheckpointError",
     "atomic_write_bytes",
@@ -31,6 +31,7 @@ __all__ = [
     "resumable_checkpoint",
     "safe_torch_load",
     "save_checkpoint",
+    "trained_weights",
 ]
 
 #: ``format`` entry of every checkpoint written by this version.
@@ -105,9 +106,7 @@ def _first_line(exc: Exception) -> str:
 
 
 def _torch_load(path: Path, map_location: Any, allow_legacy_numpy: bool) -> Any:
-    scope = (
-        torch.serialization.safe_globals(_legacy_numpy_globals()) if allow_legacy_numpy else nullcontext()
-    )
+    scope = torch.serialization.safe_globals(_legacy_numpy_globals()) if allow_legacy_numpy else nullcontext()
     with scope:
         return torch.load(path, map_location=map_location, weights_only=True)
 
@@ -147,3 +146,10 @@ def resumable_checkpoint(folder: str | Path) -> Path:
     folder = Path(folder)
     last, legacy = folder / LAST, folder / LEGACY
     return legacy if not last.is_file() and legacy.is_file() else last
+
+
+def trained_weights(folder: str | Path) -> Path:
+    """The weights to evaluate or use from a run folder: ``best.pt`` when the run evaluated, else its
+    resumable checkpoint (:func:`resumable_checkpoint`)."""
+    best = Path(folder) / BEST
+    return best if best.is_file() else resumable_checkpoint(folder)

@@ -65,7 +65,7 @@ from anchorlab.engine.tracker import EvalTracker
 from anchorlab.io import write_text
 from anchorlab.models import build_detector
 
-__all__ = ["Checkpointer", "TrainingError", "Trainer", "build_train_loader", "train"]
+__all__ = ["Checkpointer", "Trainer", "TrainingError", "build_train_loader", "train"]
 
 
 class TrainingError(RuntimeError):
@@ -215,7 +215,9 @@ def _load_state(module: Any, state: Any, path: Path, what: str) -> None:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot resume {path}: its {what} does not fit this config ({first})") from None
+        raise CheckpointError(
+            f"cannot resume {path}: its {what} does not fit this config ({first})"
+        ) from None
 
 
 class Trainer:
@@ -310,7 +312,9 @@ class Trainer:
         write_json(self.folder.path("environment.json"), env)
         resume = self.start > 0 or self.folder.resume
         info = {"out": self.folder.work, "start": self.start, "resume": resume}
-        self.hooks.on_start({**info, "iterations": cfg.train.iterations, "config": cfg.model_dump(mode="json")})
+        self.hooks.on_start(
+            {**info, "iterations": cfg.train.iterations, "config": cfg.model_dump(mode="json")}
+        )
 
     def _wrap(self) -> None:
         """DDP, torch.compile, autocast and the gradient scaler."""
@@ -393,7 +397,9 @@ class Trainer:
         try:
             if self.progress:
                 self.progress.start()
-                self.task = self.progress.add_task("train", total=total, completed=self.start, rate="", info="")
+                self.task = self.progress.add_task(
+                    "train", total=total, completed=self.start, rate="", info=""
+                )
             for it in range(self.start, total):
                 # Where this iteration started: an interrupt before its optimizer step resumes from here.
                 snapshot = (self.loader.state_dict(), rng.capture())
@@ -503,11 +509,15 @@ class Trainer:
         self._append_log({"iteration": done, "eval": {k: metrics[k] for k in ("AP", "AP50", "AP75")}})
         if best:
             state = {"model": self.eval_model.state_dict()}
-            state.update(_weights_entries(self.cfg, self.train_set.categories, done, self.tracker.last_metrics))
+            state.update(
+                _weights_entries(self.cfg, self.train_set.categories, done, self.tracker.last_metrics)
+            )
             self.checkpointer.save("best", state)
         self.hooks.on_eval({"iteration": done, "metrics": metrics, "best": best})
 
-    def save_last(self, iteration: int, loader_state: dict | None = None, rng_state: dict | None = None) -> None:
+    def save_last(
+        self, iteration: int, loader_state: dict | None = None, rng_state: dict | None = None
+    ) -> None:
         """Write ``last.pt`` (rank 0): everything :meth:`_restore` needs to continue exactly."""
         if not self.main:
             return
@@ -521,7 +531,9 @@ class Trainer:
             "tracker": self.tracker.state_dict(),
             "environment": environment(),
         }
-        state.update(_weights_entries(self.cfg, self.train_set.categories, iteration, self.tracker.last_metrics))
+        state.update(
+            _weights_entries(self.cfg, self.train_set.categories, iteration, self.tracker.last_metrics)
+        )
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         if self.ema is not None:
@@ -586,4 +598,3 @@ def _evaluate_and_log(model, cfg: Config, val_set, console: Console) -> dict[str
     from anchorlab.engine.evaluate import evaluate_model
 
     return evaluate_model(model, cfg, val_set, console=console)
-
