@@ -19,8 +19,12 @@ class RunClock:
 
     def __init__(self, offset: float = 0.0) -> None:
         self.offset = float(offset)
-        self.start = now()
+        self.start = 0.0
         self.session = 0.0
+
+    def restart(self) -> None:
+        """Start this session's count now (right before the first iteration)."""
+        self.start, self.session = now(), 0.0
 
     @property
     def elapsed(self) -> float:

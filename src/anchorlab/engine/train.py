@@ -391,6 +391,7 @@ class Trainer:
         last completed iteration and re-raises."""
         total = self.cfg.train.iterations
         self.model.train()
+        self.clock.restart()
         it = self.start
         snapshot = (self.loader.state_dict(), rng.capture())
         self.progress = _progress(self.console) if self.show_progress and self.main else None
