@@ -70,7 +70,10 @@ def test_every_epoch_by_default_and_epochs(synth, tmp_path, monkeypatch):  # noq
     epoch = len(json.loads(synth.train.read_text())["images"]) // 2  # batches of 2
     summary = train(tiny(synth, run, "train.epochs=2", "train.log_every=100"), show_progress=False)
     assert summary["iterations"] == 2 * epoch and summary["epochs"] == 2.0 and len(calls) == 2
-    assert [(r["iteration"], r["epoch"]) for r in _rows(run)] == [(str(epoch), "1.0"), (str(2 * epoch), "2.0")]
+    assert [(r["iteration"], r["epoch"]) for r in _rows(run)] == [
+        (str(epoch), "1.0"),
+        (str(2 * epoch), "2.0"),
+    ]
     assert f"iterations: {2 * epoch}" in (run / "config.yaml").read_text()
     assert json.loads((run / "metrics.json").read_text())["iteration"] == 2 * epoch
 
@@ -108,7 +111,12 @@ def test_lr_reaches_its_floor_when_the_budget_runs_out(synth, tmp_path, monkeypa
 
 
 def test_resume_continues_the_clock(synth, tmp_path, monkeypatch):  # noqa: F811
-    extra = ("train.iterations=1000", "train.max_minutes=1", "train.warmup_iters=2", "train.checkpoint_every=4")
+    extra = (
+        "train.iterations=1000",
+        "train.max_minutes=1",
+        "train.warmup_iters=2",
+        "train.checkpoint_every=4",
+    )
     monkeypatch.setattr(clock, "now", FakeClock(6.0))
     full = train(tiny(synth, tmp_path / "full", *extra), evaluate=False, show_progress=False)
     real = train_module.save_checkpoint

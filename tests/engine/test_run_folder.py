@@ -54,8 +54,12 @@ def test_exist_ok_replaces_only_after_the_first_checkpoint(synth, tmp_path, monk
             train(tiny(synth, run, "train.iterations=4"), exist_ok=True, evaluate=False, show_progress=False)
     assert _files(run) == before and not (run / ".incoming").exists()
 
-    summary = train(tiny(synth, run, "train.iterations=4"), exist_ok=True, evaluate=False, show_progress=False)
-    assert summary["checkpoint"] == str(run / "last.pt") and load_checkpoint(run / "last.pt")["iteration"] == 4
+    summary = train(
+        tiny(synth, run, "train.iterations=4"), exist_ok=True, evaluate=False, show_progress=False
+    )
+    assert (
+        summary["checkpoint"] == str(run / "last.pt") and load_checkpoint(run / "last.pt")["iteration"] == 4
+    )
     log = [json.loads(line)["iteration"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3, 4] and "iterations: 4" in (run / "config.yaml").read_text()
     assert not (run / ".incoming").exists()
