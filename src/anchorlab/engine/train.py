@@ -463,8 +463,13 @@ class Trainer:
                 log.write(json.dumps(record) + "\n")
 
     def _interrupted(self, it: int, snapshot: tuple[dict, dict]) -> None:
+        """Ctrl-C: write ``last.pt`` of the last completed iteration (none when a run staged by
+        ``--exist-ok`` completed no iteration: the earlier run stays)."""
         if self.progress:
             self.progress.stop()
+        if self.folder is not None and self.folder.staged and self.completed == self.start:
+            self.console.print("interrupted before the first iteration: nothing written")
+            return
         if self.completed == it + 1:
             self.save_last(self.completed)
         else:
