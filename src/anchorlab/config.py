@@ -289,6 +289,7 @@ class TrainConfig(_Section):
     #: On a CPU shared with other jobs, 1 can be several times faster (threads wait for each other).
     threads: int | None = Field(None, gt=0)
     device: str = "auto"
+    #: The run folder (`anchorlab train --out`; the CLI's default without one: runs/<config file name>).
     out: str = "runs/default"
 
 
