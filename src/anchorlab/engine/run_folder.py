@@ -81,22 +81,20 @@ class RunFolder:
 
     # -- opening ---------------------------------------------------------------------------------
     def open(self) -> RunFolder:
-        """Lock the folder, clean up, and check that this run may write into it (see the module doc)."""
+        """Lock the folder, check that this run may write into it, clean up (see the module doc). A
+        refused run changes nothing in the folder."""
         make_dir(self.root)
-        handle = open(self.root / LOCK, "a+")  # noqa: SIM115  (held until close)
+        self._handle = open(self.root / LOCK, "a+")  # noqa: SIM115  (held until close)
         try:
-            _lock(handle, self.root)
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-        except BaseException:
-            handle.close()
-            raise
-        self._handle = handle
-        try:
+            _lock(self._handle, self.root)
+            self._check()
             self._clean_leftovers()
-            self._choose_work_dir()
+            if not self.resume and self.holds_run():
+                self.work = make_dir(self.root / INCOMING)
+            self._handle.seek(0)
+            self._handle.truncate()
+            self._handle.write(f"{os.getpid()}\n")  # named in a second process's error
+            self._handle.flush()
         except BaseException:
             self.close()
             raise
@@ -112,19 +110,15 @@ class RunFolder:
                 tmp.unlink(missing_ok=True)
         shutil.rmtree(self.root / INCOMING, ignore_errors=True)
 
-    def _choose_work_dir(self) -> None:
+    def _check(self) -> None:
         if self.resume:
             if not (self.root / LAST).is_file() and not (self.root / LEGACY).is_file():
                 raise CheckpointError(f"nothing to resume: {self.root} holds no {LAST}")
-            return
-        if not self.holds_run():
-            return
-        if not self.exist_ok:
+        elif self.holds_run() and not self.exist_ok:
             raise RunFolderExists(
                 f"{self.root} already holds a training run; continue it with --resume, or replace it "
                 "with --exist-ok (its files are replaced once the new run writes its first checkpoint)"
             )
-        self.work = make_dir(self.root / INCOMING)
 
     # -- writing ---------------------------------------------------------------------------------
     def path(self, name: str) -> Path:
