@@ -133,3 +133,14 @@ def test_resume_continues_the_clock(synth, tmp_path, monkeypatch):  # noqa: F811
     assert summary["iterations"] == full["iterations"] == 10  # 6 more iterations, not 10
     a, b = (load_checkpoint(tmp_path / n / "last.pt") for n in ("full", "cut"))
     assert _same_weights(a["model"], b["model"]) and torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+def test_resuming_a_finished_run_reports_its_metrics_without_a_new_row(synth, tmp_path, monkeypatch):  # noqa: F811
+    calls = fake_ap(monkeypatch, [0.2, 0.3])
+    run = tmp_path / "run"
+    first = train(tiny(synth, run, "train.iterations=2", "train.eval_every=1"), show_progress=False)
+    again = train(
+        tiny(synth, run, "train.iterations=2", "train.eval_every=1"), resume=True, show_progress=False
+    )
+    assert len(calls) == 2 and again["metrics"]["AP"] == first["metrics"]["AP"] == 0.3
+    assert [r["iteration"] for r in _rows(run)] == ["1", "2"]

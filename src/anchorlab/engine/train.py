@@ -550,8 +550,11 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """The final evaluation (unless the last iteration was just evaluated), summary.json, ``on_end``."""
         train_time = self.clock.tick()
-        if self.tracker.enabled and self.tracker.last_iteration != self.completed:
-            self._evaluate(self.completed, None, None)
+        if self.tracker.enabled and not hasattr(self, "metrics"):
+            if self.tracker.last_iteration == self.completed:  # --resume of a finished run
+                self.metrics = {**self.tracker.last_metrics, "iteration": self.completed}
+            else:
+                self._evaluate(self.completed, None, None)
         summary: dict[str, Any] = {
             "iterations": self.completed,
             "epochs": round(self.completed / self.epoch_length, 3),
