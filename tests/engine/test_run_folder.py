@@ -164,3 +164,13 @@ def test_out_option_and_default_folder(synth, tmp_path, monkeypatch):  # noqa: F
     out = tmp_path / "elsewhere"
     assert CliRunner().invoke(app, ["train", str(path), "--no-eval", "--out", str(out)]).exit_code == 0
     assert load_checkpoint(out / "last.pt")["config"]["train"]["out"] == str(out)
+
+
+def test_resume_with_another_architecture_is_a_one_line_error(synth, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    cfg = _config(synth, tmp_path, run)
+    assert CliRunner().invoke(app, ["train", str(cfg), "--no-eval"]).exit_code == 0
+    result = CliRunner().invoke(app, ["train", str(cfg), "--resume", "--set", "model.head.channels=8"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    message = " ".join(result.stderr.split())
+    assert "its model does not fit this config" in message and "differently shaped" in message

@@ -209,8 +209,27 @@ def _check_resumable(path: Path, state: dict[str, Any], cfg: Config) -> None:
             )
 
 
+def _weights_mismatch(model: torch.nn.Module, state: dict[str, Any]) -> str | None:
+    """What keeps ``state`` from loading into ``model`` (missing, unexpected, reshaped entries), if any."""
+    mine = model.state_dict()
+    missing = [k for k in mine if k not in state]
+    unexpected = [k for k in state if k not in mine]
+    reshaped = [k for k in mine if k in state and tuple(mine[k].shape) != tuple(state[k].shape)]
+    if not (missing or unexpected or reshaped):
+        return None
+    example = (missing or unexpected or reshaped)[0]
+    return (
+        f"{len(missing)} missing, {len(unexpected)} unexpected and {len(reshaped)} differently shaped "
+        f"weights, e.g. {example!r}"
+    )
+
+
 def _load_state(module: Any, state: Any, path: Path, what: str) -> None:
     """``module.load_state_dict(state)`` with a one-line :class:`CheckpointError` when it does not fit."""
+    if isinstance(module, torch.nn.Module) and isinstance(state, dict):
+        problem = _weights_mismatch(module, state)
+        if problem is not None:
+            raise CheckpointError(f"cannot resume {path}: its {what} does not fit this config ({problem})")
     try:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as exc:
