@@ -93,3 +93,23 @@ def test_an_older_runs_checkpoint_pt_resumes(synth, tmp_path):  # noqa: F811
     assert isinstance(load_checkpoint(run / "checkpoint.pt")["rng"]["numpy"], tuple)
     summary = train(tiny(synth, run, "train.iterations=5"), resume=True, evaluate=False, show_progress=False)
     assert summary["iterations"] == 5 and load_checkpoint(run / "last.pt")["iteration"] == 5
+
+
+def test_which_file_a_run_folder_offers(tmp_path):
+    from anchorlab.engine.checkpoint import resumable_checkpoint, save_checkpoint, trained_weights
+
+    assert resumable_checkpoint(tmp_path) == tmp_path / "last.pt"
+    save_checkpoint(tmp_path / "checkpoint.pt", {"model": {}})  # an older anchorlab's run
+    assert resumable_checkpoint(tmp_path) == trained_weights(tmp_path) == tmp_path / "checkpoint.pt"
+    save_checkpoint(tmp_path / "last.pt", {"model": {}})
+    assert resumable_checkpoint(tmp_path) == trained_weights(tmp_path) == tmp_path / "last.pt"
+    save_checkpoint(tmp_path / "best.pt", {"model": {}})
+    assert trained_weights(tmp_path) == tmp_path / "best.pt"  # what eval CONFIG uses without --checkpoint
+
+
+def test_saving_anything_but_plain_data_is_refused(tmp_path):
+    from anchorlab.engine.checkpoint import save_checkpoint
+
+    with pytest.raises(CheckpointError, match=r"state\['extra'\] is a PosixPath"):
+        save_checkpoint(tmp_path / "x.pt", {"model": {}, "extra": tmp_path})
+    assert not (tmp_path / "x.pt").exists()
