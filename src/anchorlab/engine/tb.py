@@ -2,9 +2,9 @@
 
 ``TensorBoardLogger`` wraps ``torch.utils.tensorboard.SummaryWriter`` writing to ``OUT/tensorboard/``:
 ``train/*`` (total loss, every loss term, lr, images/s) at each log step and ``eval/*`` (AP, AP50, ...,
-``eval/nms_recall/*`` when present) at each evaluation. Only rank 0 builds one. A fresh run removes the
-folder's old event files (as it restarts ``log.jsonl``); a resumed run appends and hides the points a
-crashed run logged after its last checkpoint.
+``eval/nms_recall/*`` when present) at each evaluation. ``TensorBoardCallback`` plugs it into the training
+loop as a :class:`~anchorlab.engine.callbacks.Callback` (rank 0 only). A fresh run starts without old
+event files; a resumed run appends and hides the points a crashed run logged after its last checkpoint.
 """
 
 from __future__ import annotations
