@@ -520,7 +520,8 @@ class Trainer:
         return bool(dist_utils.mean_across_ranks(flag) > 0)
 
     def _record_eval(self, done: int, metrics: dict[str, Any], losses, loss) -> None:
-        """results.csv, metrics.json, log.jsonl, best.pt and the ``on_eval`` callbacks of one evaluation."""
+        """results.csv, metrics.json, best.pt and the ``on_eval`` callbacks of one evaluation (log.jsonl
+        holds training records only)."""
         row: dict[str, Any] = {"iteration": done, "epoch": round(done / self.epoch_length, 3)}
         if losses is not None and loss is not None:
             row["loss"] = round(float(loss.detach()), 5)
@@ -531,7 +532,6 @@ class Trainer:
         assert self.folder is not None
         self.tracker.write_csv(self.folder.path("results.csv"))
         write_json(self.folder.path("metrics.json"), self.metrics)
-        self._append_log({"iteration": done, "eval": {k: metrics[k] for k in ("AP", "AP50", "AP75")}})
         if best:
             state = {"model": self.eval_model.state_dict()}
             state.update(
