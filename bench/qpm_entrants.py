@@ -89,7 +89,7 @@ def run_anchorlab(
         [*overrides, f"train.iterations={probe_iters}", "train.log_every=1", f"train.out={out / 'probe'}"],
     )
     probe.train.checkpoint_every = probe_iters
-    train(probe, evaluate=False, show_progress=False)
+    train(probe, evaluate=False, show_progress=False, exist_ok=True)
     rate = _rate_from_log(out / "probe" / "log.jsonl", data.batch_size, skip=max(1, probe_iters // 4))
     base = load_config(path, overrides)
     planned = max(1, int(rate * minutes * 60 / data.batch_size))
@@ -102,10 +102,11 @@ def run_anchorlab(
             f"train.warmup_iters={min(base.train.warmup_iters, planned // 5)}",
             f"train.steps={[round(s * planned / base.train.iterations) for s in base.train.steps]}",
             f"train.checkpoint_every={planned}",  # the bench does not resume: one checkpoint at the end
+            "train.eval_every=0",  # one evaluation, at the end: the budget is for training
             f"train.out={out / 'train'}",
         ],
     )
-    summary = train(cfg, show_progress=False)
+    summary = train(cfg, show_progress=False, exist_ok=True)
     threads = json.loads((out / "train" / "environment.json").read_text())["threads"]  # as set by train()
     return {
         "metrics": summary["metrics"],

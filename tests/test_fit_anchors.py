@@ -175,7 +175,7 @@ def test_cli_train_fit_anchors_records_the_fit_and_trains_with_it(tmp_path):
     assert recorded["fit_anchors"] is True
     assert {k: recorded["anchors"][k] for k in fitted} == fitted
     assert fitted.get("sizes") or fitted["octave_base_scale"] < 16
-    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["config"]["model"]["anchors"] == recorded["anchors"]
 
 

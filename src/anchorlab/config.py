@@ -322,8 +322,12 @@ class DataConfig(_Section):
 
 class TrainConfig(_Section):
     iterations: int = Field(90000, gt=0)
+    #: Length in epochs (passes over the training set) instead of `iterations`: iterations = epochs x
+    #: batches per epoch (set when training starts; config.yaml records both).
+    epochs: int | None = Field(None, gt=0)
     #: Wall-clock budget of the training loop in minutes: training stops after the iteration in which it
-    #: ran out (checkpoint written, evaluation still run). The lr schedule still spans `iterations`.
+    #: ran out (checkpoint written, evaluation still run), and the lr schedule runs on elapsed time
+    #: (warm-up in iterations, then the decay reaches its end when the budget, or `iterations`, does).
     max_minutes: float | None = Field(None, gt=0)
     batch_size: int = Field(16, gt=0)
     lr: float = Field(0.01, gt=0)
@@ -352,7 +356,11 @@ class TrainConfig(_Section):
     ema_decay: float = Field(0.9998, ge=0, lt=1)
     ema_tau: int = Field(2000, ge=0)
     checkpoint_every: int = Field(5000, gt=0)
-    eval_every: int | None = Field(None, gt=0)
+    #: Evaluate on the val split every this many iterations (best.pt, results.csv, patience); None: every
+    #: epoch; 0: only at the end.
+    eval_every: int | None = Field(None, ge=0)
+    #: Stop after this many evaluations in a row without a better AP (None: never stop early).
+    patience: int | None = Field(None, gt=0)
     log_every: int = Field(20, gt=0)
     #: Also write TensorBoard scalars to OUT/tensorboard/ (needs `pip install 'anchorlab[tensorboard]'`).
     tensorboard: bool = False
@@ -362,6 +370,7 @@ class TrainConfig(_Section):
     #: On a CPU shared with other jobs, 1 can be several times faster (threads wait for each other).
     threads: int | None = Field(None, gt=0)
     device: str = "auto"
+    #: The run folder (`anchorlab train --out`; the CLI's default without one: runs/<config file name>).
     out: str = "runs/default"
 
 

@@ -93,7 +93,7 @@ def test_report_files_and_rows(first_run):
         # in-process training: the compare process's peak RSS during the training (reset on Linux)
         assert run["peak_memory_mb"] > 50 and "compare process" in run["peak_memory_source"]
         assert run["metrics"]["nms_recall"]["protocol"] == "anchorlab"
-        assert (first_run / det / "checkpoint.pt").is_file() and (first_run / det / "result.json").is_file()
+        assert (first_run / det / "last.pt").is_file() and (first_run / det / "result.json").is_file()
         # --threads holds inside training too (train() would otherwise pick the machine's core count)
         assert yaml.safe_load((first_run / det / "config.yaml").read_text())["train"]["threads"] == 1
     # the same backbone and model size: the two share the RetinaNet architecture
@@ -135,12 +135,12 @@ def test_html_report_is_self_contained(first_run):
 
 
 def test_rerun_reuses_finished_runs(synth, first_run):
-    stamps = {d: (first_run / d / "checkpoint.pt").stat().st_mtime_ns for d in ("retinanet", "free_anchor")}
+    stamps = {d: (first_run / d / "last.pt").stat().st_mtime_ns for d in ("retinanet", "free_anchor")}
     result = _cli(synth, first_run, "retinanet,free_anchor")
     assert result.exit_code == 0, result.output
     results = json.loads((first_run / "results.json").read_text())
     assert all(results["runs"][d]["reused"] for d in stamps)
-    assert all((first_run / d / "checkpoint.pt").stat().st_mtime_ns == t for d, t in stamps.items())
+    assert all((first_run / d / "last.pt").stat().st_mtime_ns == t for d, t in stamps.items())
     assert all(r[-1] == "reused" for r in _table_rows((first_run / "report.md").read_text()).values())
 
 
@@ -162,7 +162,7 @@ def test_failing_detector_is_reported_and_fresh_retrains(synth, tmp_path, monkey
     assert rows["free_anchor"][-1] == "failed: RuntimeError: head exploded"
     assert rows["retinanet"][-1] == "ok"
 
-    checkpoint = out / "retinanet" / "checkpoint.pt"
+    checkpoint = out / "retinanet" / "last.pt"
     stamp = checkpoint.stat().st_mtime_ns
     kwargs = {"budget": "tiny", "data": synth.train, "val": synth.val, "out": out}
     opts = {"show_progress": False, "threads": 1}

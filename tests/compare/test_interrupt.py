@@ -69,8 +69,8 @@ def test_ctrl_c_checkpoints_running_trainings_and_exits_130(tmp_path):
     assert proc.returncode == 130, stderr[-3000:]
     assert "interrupted" in stderr
     for det in running:
-        assert (out / det / "checkpoint.pt").is_file(), f"{det} wrote no checkpoint:\n{stderr[-3000:]}"
-    assert not (out / "grid" / "log.jsonl").exists() and not (out / "grid" / "checkpoint.pt").exists()
+        assert (out / det / "last.pt").is_file(), f"{det} wrote no checkpoint:\n{stderr[-3000:]}"
+    assert not (out / "grid" / "log.jsonl").exists() and not (out / "grid" / "last.pt").exists()
     deadline = time.monotonic() + 10
     while _group_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -95,8 +95,8 @@ def test_torchrun_two_processes_match_single_process(tmp_path, detector):
     # rank 0 logs its own half-batch losses; the first step's weights are identical, so compare the
     # parameters instead, which see the whole global batch through the gradient all-reduce
     assert len(single) == len(ddp) == 2
-    state = load_checkpoint(tmp_path / "single" / "checkpoint.pt")
-    a, b = state["model"], load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["model"]
+    state = load_checkpoint(tmp_path / "single" / "last.pt")
+    a, b = state["model"], load_checkpoint(tmp_path / "ddp" / "last.pt")["model"]
     assert a.keys() == b.keys()
     init = _initial_weights(cfg, state["config"]["model"]["num_classes"])
     keys = [k for k in a if a[k].is_floating_point() and k != "head.loss_normalizer"]

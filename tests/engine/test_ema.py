@@ -104,7 +104,7 @@ def test_skipped_non_finite_steps_do_not_update(synth, tmp_path, monkeypatch):  
     poison_loss_at(3, monkeypatch)
     cfg = tiny(synth, tmp_path / "skip", "train.iterations=4", "train.on_nonfinite=skip", "train.ema=true")
     summary = train(cfg, evaluate=False, show_progress=False)
-    state = load_checkpoint(tmp_path / "skip" / "checkpoint.pt")
+    state = load_checkpoint(tmp_path / "skip" / "last.pt")
     assert summary["skipped_steps"] == 1 and state["ema"]["updates"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
@@ -138,11 +138,11 @@ def test_resume_with_ema_and_mosaic_is_exact(synth, tmp_path, monkeypatch):  # n
         _interrupt_at(3, patch)
         with pytest.raises(KeyboardInterrupt):
             train(tiny(synth, tmp_path / "cut", *extra), evaluate=False, show_progress=False)
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["ema"]["updates"] == 2
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["ema"]["updates"] == 2
     train(tiny(synth, tmp_path / "cut", *extra), resume=True, evaluate=False, show_progress=False)
 
-    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
-    cut = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+    cut = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert full["ema"]["updates"] == cut["ema"]["updates"] == 4
     assert _same_weights(full["model"], cut["model"])  # the EMA
     assert _same_weights(full["train_model"], cut["train_model"])
@@ -165,11 +165,11 @@ def test_evaluation_and_saved_inference_weights_are_the_ema(synth, tmp_path, mon
     monkeypatch.setattr(train_module, "_evaluate_and_log", spy)
     cfg = tiny(synth, tmp_path / "run", "train.iterations=4", "train.ema=true", "train.ema_tau=2")
     summary = train(cfg, show_progress=False)
-    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert len(seen) == 1 and _same_weights(seen[0], state["model"])
     assert not _same_weights(state["model"], state["train_model"])
     assert "AP" in summary["metrics"]
-    model, _, _ = load_trained(tmp_path / "run" / "checkpoint.pt", "cpu")
+    model, _, _ = load_trained(tmp_path / "run" / "last.pt", "cpu")
     assert _same_weights(model.state_dict(), state["model"])
 
 
@@ -186,9 +186,9 @@ def test_resume_switches_ema_on_and_off(synth, tmp_path, monkeypatch):  # noqa: 
                     train(tiny(synth, out, *extra), resume=out.exists(), evaluate=False, show_progress=False)
             else:
                 train(tiny(synth, out, *extra), resume=True, evaluate=False, show_progress=False)
-        state = load_checkpoint(out / "checkpoint.pt")
+        state = load_checkpoint(out / "last.pt")
         if len(extra) > 1:  # EMA switched on at resume: it starts from the resumed weights
             assert state["iteration"] == 2 and state["ema"]["updates"] == 1
     # switched off again: training continued from the training weights, not from the average
     assert state["iteration"] == 4 and "ema" not in state and "train_model" not in state
-    assert _same_weights(state["model"], load_checkpoint(tmp_path / "ref" / "checkpoint.pt")["model"])
+    assert _same_weights(state["model"], load_checkpoint(tmp_path / "ref" / "last.pt")["model"])

@@ -43,13 +43,13 @@ def test_sigkill_then_resume_reaches_the_same_weights(synth, tmp_path):  # noqa:
     assert proc.poll() is None, "training finished before it could be killed: " + proc.stderr.read().decode()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["iteration"]
+    killed_at = load_checkpoint(tmp_path / "killed" / "last.pt")["iteration"]
     assert 4 <= killed_at < 16
 
     subprocess.run([*command, "--resume"], env=env, check=True, capture_output=True)
-    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["iteration"] == 16
-    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
-    assert _same_weights(full, load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["model"])
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["iteration"] == 16
+    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    assert _same_weights(full, load_checkpoint(tmp_path / "killed" / "last.pt")["model"])
 
 
 def test_same_seed_same_weights(synth, tmp_path):  # noqa: F811
@@ -57,11 +57,11 @@ def test_same_seed_same_weights(synth, tmp_path):  # noqa: F811
     for name in ("a", "b"):
         cfg = tiny(synth, tmp_path / name, "train.iterations=4", "data.photometric=true")
         train(cfg, evaluate=False, show_progress=False)
-        runs.append(load_checkpoint(tmp_path / name / "checkpoint.pt")["model"])
+        runs.append(load_checkpoint(tmp_path / name / "last.pt")["model"])
     assert _same_weights(*runs)
     other = tiny(synth, tmp_path / "c", "train.iterations=4", "train.seed=1")
     train(other, evaluate=False, show_progress=False)
     assert not torch.equal(
         runs[0]["head.cls_logits.weight"],
-        load_checkpoint(tmp_path / "c" / "checkpoint.pt")["model"]["head.cls_logits.weight"],
+        load_checkpoint(tmp_path / "c" / "last.pt")["model"]["head.cls_logits.weight"],
     )

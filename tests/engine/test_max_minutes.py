@@ -38,7 +38,7 @@ def test_max_minutes_stops_early_checkpoints_and_evaluates(tmp_path):
     )
     summary = train(cfg, show_progress=False)
     assert summary["iterations"] == 1 and summary["stopped_by_time"] is True
-    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 1
+    assert load_checkpoint(out / "last.pt")["iteration"] == 1
     assert "AP" in summary["metrics"]
     assert json.loads((out / "metrics.json").read_text())["iteration"] == 1
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

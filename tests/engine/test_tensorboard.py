@@ -65,6 +65,7 @@ def test_fresh_run_replaces_old_event_files(synth, tmp_path):  # noqa: F811
             tiny(synth, run, "train.iterations=2", "train.tensorboard=true"),
             evaluate=False,
             show_progress=False,
+            exist_ok=True,  # the second run replaces the first (a fresh run is refused without it)
         )
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert [s for s, _ in _scalars(run / "tensorboard")["train/loss"]] == [1, 2]

@@ -70,7 +70,7 @@ def test_run_folder_contents(synth, tmp_path):
         "config.yaml",
         "environment.json",
         "log.jsonl",
-        "checkpoint.pt",
+        "last.pt",
         "metrics.json",
         "summary.json",
     ):
@@ -82,7 +82,7 @@ def test_run_folder_contents(synth, tmp_path):
     assert set(summary["metrics"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     env = json.loads((run / "environment.json").read_text())
     assert env["seed"] == 0 and env["torch"] == torch.__version__
-    state = load_checkpoint(run / "checkpoint.pt")
+    state = load_checkpoint(run / "last.pt")
     assert state["iteration"] == 6 and [c["id"] for c in state["categories"]] == [
         c["id"] for c in json.loads(Path(synth.train).read_text())["categories"]
     ]
@@ -111,13 +111,11 @@ def test_resume_after_interrupt_is_exact(synth, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "build_train_loader", interrupting)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(synth, tmp_path / "cut"), evaluate=False, show_progress=False)
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["iteration"] == 4
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["iteration"] == 4
     monkeypatch.setattr(train_module, "build_train_loader", real)
     train(tiny(synth, tmp_path / "cut"), resume=True, evaluate=False, show_progress=False)
 
-    assert _same_weights(
-        _weights(tmp_path / "full" / "checkpoint.pt"), _weights(tmp_path / "cut" / "checkpoint.pt")
-    )
+    assert _same_weights(_weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt"))
     full = [json.loads(x) for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     cut = [json.loads(x) for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in full] == [r["loss"] for r in cut]
@@ -151,12 +149,12 @@ def test_non_finite_loss_stops_with_iteration_and_part(synth, tmp_path, monkeypa
     poison_loss_at(4, monkeypatch)
     with pytest.raises(TrainingError, match=r"iteration 3: loss \w+ is not finite"):
         train(cfg, evaluate=False, show_progress=False)
-    assert load_checkpoint(tmp_path / "nan" / "checkpoint.pt")["iteration"] == 3
+    assert load_checkpoint(tmp_path / "nan" / "last.pt")["iteration"] == 3
 
     skip = tiny(synth, tmp_path / "skip", "train.iterations=5", "train.on_nonfinite=skip")
     summary = train(skip, evaluate=False, show_progress=False)
     assert summary["skipped_steps"] == 1
-    state = load_checkpoint(tmp_path / "skip" / "checkpoint.pt")
+    state = load_checkpoint(tmp_path / "skip" / "last.pt")
     assert state["iteration"] == 5 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -167,7 +165,7 @@ def test_cli_train_eval_predict(synth, tmp_path):
     cfg_path.write_text(__import__("anchorlab.config", fromlist=["dump_config"]).dump_config(cfg))
     result = runner.invoke(app, ["train", str(cfg_path), "--no-eval"])
     assert result.exit_code == 0, result.output
-    ckpt = tmp_path / "cli" / "checkpoint.pt"
+    ckpt = tmp_path / "cli" / "last.pt"
     assert ckpt.is_file()
 
     result = runner.invoke(app, ["eval", str(cfg_path), "--checkpoint", str(ckpt), "--json", "--nms-recall"])

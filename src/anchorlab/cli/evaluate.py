@@ -179,11 +179,12 @@ def _load_for_eval(config: Path, checkpoint: Path | None, overrides: list[str]):
     """``(cfg, model, categories, checkpoint)``: the config with its non-model overrides, the model and
     model config of the checkpoint with the ``model.inference.*`` overrides applied to both."""
     from anchorlab.config import apply_overrides, config_from_dict, load_config
+    from anchorlab.engine.checkpoint import trained_weights
     from anchorlab.engine.predict import load_trained
 
     inference, rest = _split_overrides(overrides)
     cfg = load_config(config, rest + inference)  # validates every override, inference included
-    checkpoint = checkpoint or Path(cfg.train.out) / "checkpoint.pt"
+    checkpoint = checkpoint or trained_weights(cfg.train.out)
     model, trained_cfg, categories = load_trained(checkpoint, cfg.train.device)
     tree = apply_overrides({"model": trained_cfg.model.model_dump(mode="json")}, inference)
     cfg.model = config_from_dict(tree, f"{checkpoint} + --set").model

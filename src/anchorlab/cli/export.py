@@ -16,7 +16,7 @@ console = make_console(stderr=True)
 
 @app.command()
 def export(
-    checkpoint: Path = typer.Argument(..., help="checkpoint.pt written by anchorlab train."),
+    checkpoint: Path = typer.Argument(..., help="best.pt or last.pt written by anchorlab train."),
     out: Path = typer.Option(Path("model.onnx"), "--out", help="The .onnx file to write."),
     mode: str = typer.Option(
         "full", "--mode", help="full: detections (NMS in the graph); raw: per-prior boxes and scores."
@@ -35,7 +35,7 @@ def export(
 ) -> None:
     """Export a trained detector to ONNX (input: float images [B, 3, H, W] in 0..1; see docs/export.md).
 
-    Example: anchorlab export runs/retinanet_r18_fpn_quick/checkpoint.pt --out retinanet.onnx --check
+    Example: anchorlab export runs/retinanet_r18_fpn_quick/best.pt --out retinanet.onnx --check
     """
     from anchorlab.engine.checkpoint import CheckpointError
     from anchorlab.engine.predict import load_trained

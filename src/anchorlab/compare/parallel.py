@@ -68,7 +68,7 @@ def train_worker(tree: dict[str, Any], threads: int) -> dict[str, Any]:
         cfg = Config.model_validate(tree)
         torch.set_num_threads(threads)
         with PeakMemory(resolve_device(cfg.train.device), "training worker process") as memory:
-            summary = train(cfg, evaluate=False, console=console, show_progress=False)
+            summary = train(cfg, exist_ok=True, evaluate=False, console=console, show_progress=False)
         return {"summary": summary, "log": buffer.getvalue(), "memory": memory.result()}
     except Exception as exc:  # reported as the detector's failure by the main process
         error = f"{type(exc).__name__}: {exc}"
@@ -176,9 +176,7 @@ def train_parallel(
                     progress.update(task, completed=iteration, visible=True)  # type: ignore[union-attr]
     except KeyboardInterrupt:
         _interrupt(pool, futures)
-        console.print(
-            "interrupted: the running trainings wrote their checkpoints (OUT/<detector>/checkpoint.pt)"
-        )
+        console.print("interrupted: the running trainings wrote their checkpoints (OUT/<detector>/last.pt)")
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -177,7 +177,9 @@ def _run_one(
             with PeakMemory(
                 resolve_device(cfg.train.device), "compare process (in-process training)"
             ) as peak:
-                summary = train(cfg, evaluate=False, console=console, show_progress=show_progress)
+                summary = train(
+                    cfg, exist_ok=True, evaluate=False, console=console, show_progress=show_progress
+                )
             memory = peak.result()
         elif "error" in trained:
             summary = None
@@ -187,7 +189,7 @@ def _run_one(
             summary = trained["summary"]
             memory = trained.get("memory", memory)
         if summary is not None:
-            model, _, categories = load_trained(run_dir / "checkpoint.pt", cfg.train.device)
+            model, _, categories = load_trained(summary["checkpoint"], cfg.train.device)
             val_set = align_categories(load_split(cfg, "val"), categories, model=f"the {detector} checkpoint")
             metrics, detections = predict_and_score(model, cfg, val_set, console)
             write_json(run_dir / "detections.json", detections)

@@ -28,10 +28,27 @@ __all__ = [
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; anything else goes to ``torch.device``."""
+    """``auto`` picks CUDA when available, else CPU; anything else goes to ``torch.device`` and must exist
+    on this machine (a ``ValueError`` naming ``train.device`` otherwise)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"train.device {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"train.device {name!r}: no CUDA GPU is available here (use cpu or auto)")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"train.device {name!r}: this machine has {count} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"train.device {name!r}: MPS is not available here (use cpu or auto)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"train.device {name!r}: anchorlab trains on cpu, cuda or mps")
+    return device
 
 
 def cpu_has_native_bf16() -> bool:
@@ -67,8 +84,8 @@ def environment() -> dict[str, Any]:
     return {
         "anchorlab": anchorlab.__version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),  # plain str: TorchVersion is not plain data in a checkpoint
+        "torchvision": str(torchvision.__version__),
         "numpy": np.__version__,
         "platform": platform.platform(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,

@@ -1,8 +1,9 @@
-"""Optimizers and learning-rate schedules expressed in iterations."""
+"""Optimizers and learning-rate schedules, in iterations or in wall-clock time (``train.max_minutes``)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -38,12 +39,23 @@ def _fused_supported(params: list[torch.Tensor]) -> bool | None:
     return True if ok else None
 
 
-def lr_factor(it: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base lr at iteration ``it``: linear warm-up, then step, cosine or constant."""
+def lr_factor(it: int, cfg: TrainConfig, time_fraction: float | None = None) -> float:
+    """Multiplier of the base lr at iteration ``it``: linear warm-up over ``warmup_iters`` iterations, then
+    step, cosine or constant over ``iterations``.
+
+    With a wall-clock budget (``train.max_minutes``) pass ``time_fraction`` = elapsed / budget: the
+    schedule then runs on whichever ends first, time or iterations (it is evaluated at
+    ``max(time_fraction, it / iterations)`` of the way), so the cosine reaches its floor (1 % of the lr)
+    exactly when the budget runs out, whatever the speed of the machine.
+    """
+    if time_fraction is None:
+        at = it
+    else:
+        at = min(1.0, max(time_fraction, it / max(1, cfg.iterations))) * cfg.iterations
     if cfg.schedule == "step":
-        factor = cfg.gamma ** sum(it >= s for s in cfg.steps)
+        factor = cfg.gamma ** sum(at >= s for s in cfg.steps)
     elif cfg.schedule == "cosine":
-        progress = min(1.0, it / max(1, cfg.iterations))
+        progress = min(1.0, at / max(1, cfg.iterations))
         factor = 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
     else:
         factor = 1.0
@@ -53,5 +65,11 @@ def lr_factor(it: int, cfg: TrainConfig) -> float:
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, time_fraction: Callable[[], float] | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` of :func:`lr_factor`; ``time_fraction()`` (elapsed / budget, read at each step) makes
+    the schedule time-based (``train.max_minutes``)."""
+    if time_fraction is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg, time_fraction()))

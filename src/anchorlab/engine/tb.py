@@ -2,9 +2,9 @@
 
 ``TensorBoardLogger`` wraps ``torch.utils.tensorboard.SummaryWriter`` writing to ``OUT/tensorboard/``:
 ``train/*`` (total loss, every loss term, lr, images/s) at each log step and ``eval/*`` (AP, AP50, ...,
-``eval/nms_recall/*`` when present) at each evaluation. Only rank 0 builds one. A fresh run removes the
-folder's old event files (as it restarts ``log.jsonl``); a resumed run appends and hides the points a
-crashed run logged after its last checkpoint.
+``eval/nms_recall/*`` when present) at each evaluation. ``TensorBoardCallback`` plugs it into the training
+loop as a :class:`~anchorlab.engine.callbacks.Callback` (rank 0 only). A fresh run starts without old
+event files; a resumed run appends and hides the points a crashed run logged after its last checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["INSTALL_HINT", "TensorBoardLogger", "TensorBoardMissing", "tensorboard_logger"]
+from anchorlab.engine.callbacks import Callback
+
+__all__ = [
+    "INSTALL_HINT",
+    "TensorBoardCallback",
+    "TensorBoardLogger",
+    "TensorBoardMissing",
+    "tensorboard_logger",
+]
 
 INSTALL_HINT = "pip install 'anchorlab[tensorboard]'"
 
@@ -96,3 +104,33 @@ def tensorboard_logger(enabled: bool, out: str | Path, *, main: bool) -> TensorB
     Raises ``TensorBoardMissing`` (naming the install command) if the package is missing.
     """
     return TensorBoardLogger(Path(out) / "tensorboard") if enabled and main else None
+
+
+#: ``log.jsonl`` keys that are not curves.
+_NOT_SCALARS = ("iteration", "time", "skipped_steps", "skipped_images")
+
+
+class TensorBoardCallback(Callback):
+    """``train.tensorboard`` as a training callback: ``OUT/tensorboard/`` of the folder the run writes
+    to. Creating one imports TensorBoard (a missing package fails before training starts)."""
+
+    def __init__(self) -> None:
+        self._writer_class = _summary_writer_class()
+        self.logger: TensorBoardLogger | None = None
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self.logger = TensorBoardLogger(Path(info["out"]) / "tensorboard")
+        self.logger.open(int(info["start"]), resume=bool(info["resume"]))
+
+    def on_log(self, record: dict[str, Any]) -> None:
+        if self.logger is not None:
+            values = {k: v for k, v in record.items() if k not in _NOT_SCALARS}
+            self.logger.log_train(int(record["iteration"]), values)
+
+    def on_eval(self, record: dict[str, Any]) -> None:
+        if self.logger is not None:
+            self.logger.log_eval(int(record["iteration"]), record["metrics"])
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()

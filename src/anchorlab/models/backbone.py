@@ -24,7 +24,6 @@ API (downloads; fails with a message naming the local-file alternative when offl
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from pathlib import Path
@@ -157,17 +156,14 @@ def _find_prefix(keys: set[str], body_keys: list[str]) -> str:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a state dict file: a plain state dict, or a checkpoint holding one under ``model``
-    or ``state_dict`` (e.g. ``anchorlab train``'s, whose RNG states need ``weights_only=False``)."""
+    or ``state_dict`` (e.g. ``anchorlab train``'s)."""
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file {path} does not exist (model.backbone.weights)")
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (
-            pickle.UnpicklingError
-        ):  # not only tensors (a training checkpoint): a local file the user chose
-            state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # any unreadable file gets the same clear message
+    from anchorlab.engine.checkpoint import CheckpointError, safe_torch_load
+
+    try:  # weights_only: a file that needs pickled code is refused, never run
+        state = safe_torch_load(path, map_location="cpu")
+    except CheckpointError as exc:  # any unreadable file gets the same clear message
         raise ValueError(f"backbone weights file {path} is not a readable torch state dict: {exc}") from None
     if isinstance(state, Mapping):
         for wrapper in ("model", "state_dict"):
