@@ -46,11 +46,7 @@ from anchorlab.export_graph import (
 )
 from anchorlab.io import atomic_path
 from anchorlab.models.detector import Detector
-from anchorlab.models.heads.centernet import CenterNetHead
-from anchorlab.models.heads.fcos import FCOSHead
-from anchorlab.models.heads.grid import GridHead
 from anchorlab.models.heads.postprocess import gather_priors, level_topk, loose_bound, select_detections
-from anchorlab.models.heads.retina import RetinaHead
 
 __all__ = [
     "EXPORT_MODES",
@@ -81,17 +77,9 @@ def _require_export_packages() -> None:
 
 
 def detector_family(model: Detector) -> str:
-    """``retinanet | free_anchor | fcos | centernet | grid`` from the head (``ExportError`` otherwise)."""
-    head = model.head
-    if isinstance(head, RetinaHead):
-        return "free_anchor" if head.loss_mode == "free_anchor" else "retinanet"
-    for cls, name in ((FCOSHead, "fcos"), (CenterNetHead, "centernet"), (GridHead, "grid")):
-        if isinstance(head, cls):
-            return name
-    raise ExportError(
-        f"ONNX export supports the retinanet, free_anchor, fcos, centernet and grid heads; "
-        f"{type(head).__name__} is not one of them (see docs/export.md)"
-    )
+    """What the model is, as recorded in an export's metadata: ``model.name`` (``retinanet``,
+    ``free_anchor``, ``retinanet_hnm``, ``fcos``, ``centernet``, ``grid`` from ``build_detector``)."""
+    return model.name
 
 
 def export_onnx(

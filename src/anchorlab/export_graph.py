@@ -57,8 +57,8 @@ class ExportWrapper(nn.Module):
     per-image Python loop, fixed-size outputs).
 
     Args:
-        model: the detector (its head is a ``RetinaHead``, ``FCOSHead``, ``GridHead`` or
-            ``CenterNetHead``).
+        model: the detector (its head is a ``RetinaHead`` -- hard negative mining's included, scored by
+            its ``class_scores`` --, ``FCOSHead``, ``GridHead`` or ``CenterNetHead``).
         mode: ``"full"`` or ``"raw"``.
         inference: overrides of ``model.inference`` (score_thresh, topk_per_level, nms_iou,
             max_detections).
@@ -114,7 +114,8 @@ class ExportWrapper(nn.Module):
                 shifts = torch.stack((cx, cy, cx, cy), dim=1)
                 anchors.append((shifts[:, None, :] + self.base_anchors[level][None]).reshape(-1, 4))
             boxes = head.coder.decode(torch.cat(anchors)[None], out["box_deltas"])
-            return boxes, out["cls_logits"].sigmoid(), [n * head.num_anchors for n in per_level]
+            scores = head.class_scores(out["cls_logits"])  # HNM: softmax, background dropped
+            return boxes, scores, [n * head.num_anchors for n in per_level]
         if isinstance(head, FCOSHead):
             points, _ = _points(features, strides, 0.5)
             boxes = distances_to_boxes(points[None], out["box_dist"])

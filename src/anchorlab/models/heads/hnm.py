@@ -109,6 +109,11 @@ class HardNegativeHead(RetinaHead):
             "loss_box": self.box_weight * loss_box / normalizer,
         }
 
+    def class_scores(self, cls_logits: torch.Tensor) -> torch.Tensor:
+        """``cls_logits [B, R, K + 1]`` -> softmax foreground probabilities ``[B, R, K]`` (background
+        dropped): what ``postprocess`` ranks and returns, and what the ONNX graph scores priors with."""
+        return cls_logits.softmax(dim=-1)[..., : self.num_foreground]
+
     @torch.no_grad()
     def postprocess(
         self,
@@ -119,7 +124,7 @@ class HardNegativeHead(RetinaHead):
     ) -> list[dict[str, torch.Tensor]]:
         """``RetinaHead.postprocess`` on the logits of the softmax foreground probabilities: the sigmoid
         there gives back exactly those probabilities, and ranking by them is unchanged."""
-        probs = outputs["cls_logits"].softmax(dim=-1)[..., : self.num_foreground]
+        probs = self.class_scores(outputs["cls_logits"])
         return super().postprocess(
             dict(outputs, cls_logits=torch.logit(probs)), anchors, image_sizes, **inference
         )

@@ -239,6 +239,11 @@ class RetinaHead(nn.Module):
         }
 
     # -- inference ---------------------------------------------------------------------------------
+    def class_scores(self, cls_logits: torch.Tensor) -> torch.Tensor:
+        """``cls_logits [B, R, C]`` -> the class probabilities ``[B, R, K]`` that ``postprocess`` ranks
+        and returns (here ``sigmoid``, ``C = K``); the ONNX graph scores priors with it."""
+        return cls_logits.sigmoid()
+
     @torch.no_grad()
     def postprocess(
         self,
