@@ -16,13 +16,12 @@ normalisation). Two modes (``EXPORT_MODES``), both with dynamic batch, height an
 Priors are computed inside the graph from the feature maps' shapes (``torch.arange`` of the symbolic
 sizes), not taken from ``AnchorGenerator``'s cache, so a graph exported at one size is right at any
 other. Export uses the ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``), which
-maps ``torchvision::nms`` to ONNX ``NonMaxSuppression`` (onnxscript's torchlib). It is slow (tens of
-seconds for a ResNet-18: symbolic-shape reasoning); padding inside the graph doubled that, hence the
-multiple-of-stride input.
+maps ``torchvision::nms`` to ONNX ``NonMaxSuppression`` (onnxscript's torchlib). It is slow (symbolic-shape
+reasoning, docs/export.md); padding inside the graph made it slower still, hence the multiple-of-stride input.
 
 The graph itself (``ExportWrapper``) lives in ``export_graph``; its public names are re-exported here.
 
-Shape legend (DESIGN.md): B images, R priors, K classes, L levels, D detections per image.
+Shape legend (docs/architecture.md): B images, R priors, K classes, L levels, D detections per image.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 shapes, decoding, and for the "full" mode the in-graph selection with fixed-size outputs. Modes and
 outputs are described in ``anchorlab.export``, which re-exports every public name here.
 
-Shape legend (DESIGN.md): B images, R priors, K classes, L levels, D detections per image.
+Shape legend (docs/architecture.md): B images, R priors, K classes, L levels, D detections per image.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Rules:
   earlier. Objects left without a cell are the final losers.
 
 Vectorised: each round computes every object's (cell, distance) at once and resolves the winners of
-every cell with two ``scatter_reduce(amin)`` (distance, then index). Shape legend (DESIGN.md):
+every cell with two ``scatter_reduce(amin)`` (distance, then index). Shape legend (docs/architecture.md):
 B images, M objects (padded), R cells over all levels, L levels.
 """
 

@@ -1,6 +1,6 @@
 """Anchor proposals from the data: range-based octave anchors and YOLOv2 k-means shapes.
 
-Shape legend (DESIGN.md): N objects (all images), S shapes.
+Shape legend (docs/architecture.md): N objects (all images), S shapes.
 """
 
 from __future__ import annotations

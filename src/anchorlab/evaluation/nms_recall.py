@@ -11,7 +11,7 @@ computed once on the detections entering NMS and once on those leaving it. Crowd
 objects: the caller leaves them out of ``gt_boxes``. With labels the match is class-aware (a detection
 covers an object only if its label is the object's); without, any detection counts.
 
-Shape legend (DESIGN.md): B images, M ground-truth objects, N detections, T IoU thresholds.
+Shape legend (docs/architecture.md): B images, M ground-truth objects, N detections, T IoU thresholds.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Initialisation: foreground logits start at 0 and the background logit at ``log(K
 softmax gives background probability ``1 - p`` (``prior_prob``, 0.01): like RetinaNet's prior, the
 untrained head predicts "almost surely background" and the first steps are not dominated by negatives.
 
-Shape legend (DESIGN.md): B images, R anchors, K foreground classes, A anchors per location.
+Shape legend (docs/architecture.md): B images, R anchors, K foreground classes, A anchors per location.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Head protocol (what ``Detector`` calls; FCOS / CenterNet / grid heads implement 
 * ``loss(outputs, priors, targets) -> dict[str, Tensor]`` of already weighted losses;
 * ``postprocess(outputs, priors, image_sizes, **inference) -> list[{"boxes", "scores", "labels"}]``.
 
-Shape legend (DESIGN.md): B images, M objects, R anchors, K classes, A anchors per location.
+Shape legend (docs/architecture.md): B images, M objects, R anchors, K classes, A anchors per location.
 """
 
 from __future__ import annotations
