@@ -97,10 +97,8 @@ def set_threshold(model: Detector) -> None:
     model.inference["score_thresh"] = float(scores[k - 1 : k + 1].mean())
 
 
-@pytest.fixture(scope="module", params=list(EXPORTABLE))
-def trained(request) -> tuple[str, Detector]:
-    """``(name, model)``: the tiny detector (``TinyBody``) trained 3 steps, in eval mode."""
-    name = request.param
+def train_tiny(name: str) -> Detector:
+    """The tiny detector ``name`` (``TinyBody``) trained 3 steps, in eval mode, threshold set."""
     cfg = tiny_config(**EXPORTABLE[name])
     torch.manual_seed(0)
     model = build_detector(cfg)
@@ -109,14 +107,27 @@ def trained(request) -> tuple[str, Detector]:
     train(model, 3, lr=1e-2)
     model.eval()
     set_threshold(model)
-    return name, model
+    return model
 
 
-@pytest.fixture(scope="module", params=EXPORT_MODES)
-def exported(trained, request, tmp_path_factory) -> tuple[str, Detector, str, Any]:
+@pytest.fixture(scope="module")
+def trained() -> dict[str, Detector]:
+    """One trained model per detector, shared by its full and raw exports (filled on first use)."""
+    return {}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(name, mode) for name in EXPORTABLE for mode in EXPORT_MODES],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def exported(request, trained, tmp_path_factory) -> tuple[str, Detector, str, Any]:
     """``(name, model, mode, path)``: raw graphs with dynamic axes, full graphs static (their selection
     is the same for every detector; the CLI test exports a dynamic full graph)."""
-    (name, model), mode = trained, request.param
+    name, mode = request.param
+    if name not in trained:
+        trained[name] = train_tiny(name)
+    model = trained[name]
     path = tmp_path_factory.mktemp("onnx") / f"{name}_{mode}.onnx"
     model.train()
     dynamic = mode == "raw"
