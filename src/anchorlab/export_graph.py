@@ -73,8 +73,8 @@ class ExportWrapper(nn.Module):
         head = model.head
         if not isinstance(head, (RetinaHead, FCOSHead, GridHead, CenterNetHead)):
             raise ExportError(
-                f"ONNX export supports the retinanet, free_anchor, fcos, centernet and grid heads; "
-                f"{type(head).__name__} is not one of them (see docs/export.md)"
+                f"ONNX export supports the retinanet (also with hard negative mining), free_anchor, fcos, "
+                f"centernet and grid heads; {type(head).__name__} is not one of them (see docs/export.md)"
             )
         self.model, self.mode = model, mode
         settings = {"score_thresh": 0.05, "topk_per_level": 1000, "nms_iou": 0.5, "max_detections": 100}
