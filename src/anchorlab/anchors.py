@@ -1,6 +1,6 @@
 """Priors on feature-map grids: anchor boxes (RetinaNet, FreeAnchor, RPN) and points (FCOS, CenterNet).
 
-Order (DESIGN.md, pinned by ``tests/test_anchors.py``): all levels concatenated **level-major**, then
+Order (pinned by ``tests/test_anchors.py``): all levels concatenated **level-major**, then
 **row-major** ``(y, x)`` inside a level, then the **anchor index** at a location. Heads must flatten
 their outputs ``[B, A*C, H, W] -> [B, H*W*A, C]`` in exactly this order (permute to ``[B, H, W, A, C]``).
 
@@ -13,7 +13,7 @@ Grid offset: the anchor centre of cell ``(y, x)`` is ``((x + offset) * stride, (
 Anchors default to ``offset=0`` (the cell's top-left corner) like torchvision and detectron2's default;
 points default to ``offset=0.5`` (the cell centre) like FCOS. Both are keyword arguments.
 
-Shape legend (DESIGN.md): R priors, L levels.
+Shape legend (docs/architecture.md): R priors, L levels.
 """
 
 from __future__ import annotations

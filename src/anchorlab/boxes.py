@@ -4,7 +4,8 @@ Inside anchorlab every box is absolute-pixel ``xyxy`` float32 with ``x1 <= x2`` 
 The conversions at the edges (COCO ``xywh`` in and out, YOLO normalised ``cxcywh`` in) live here and
 nowhere else. IoU functions wrap ``torchvision.ops`` so there is one implementation of each.
 
-Shape legend (DESIGN.md): B images, M ground-truth objects, R priors (anchors or points), K classes.
+Shape legend (docs/architecture.md): B images, M ground-truth objects, R priors (anchors or points),
+K classes.
 """
 
 from __future__ import annotations

@@ -256,7 +256,7 @@ class ModelConfig(_Section):
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     #: Per-channel std the input is divided by: every value must be > 0.
     pixel_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.229, 0.224, 0.225)
-    #: Use channels_last memory format for the model and inputs (1.2-1.45x faster convs on this CPU).
+    #: Use channels_last memory format for the model and inputs (faster CPU convs: docs/architecture.md).
     channels_last: bool = True
     #: Before training, fit the anchors (anchor-based detectors) to the training boxes; FCOS and the grid
     #: keep their ranges and get a report of the levels' use (``anchorlab.design.fit``). The run's
@@ -435,7 +435,7 @@ def _describe(exc: ValidationError) -> str:
 
 
 def _expand_schedule(tree: dict[str, Any]) -> None:
-    """``train.schedule_preset: 1x`` expands to the standard COCO iterations and steps."""
+    """``train.preset: 1x`` expands to the standard COCO iterations and steps."""
     train = tree.get("train")
     if isinstance(train, dict) and "preset" in train:
         preset = train.pop("preset")

@@ -16,13 +16,12 @@ normalisation). Two modes (``EXPORT_MODES``), both with dynamic batch, height an
 Priors are computed inside the graph from the feature maps' shapes (``torch.arange`` of the symbolic
 sizes), not taken from ``AnchorGenerator``'s cache, so a graph exported at one size is right at any
 other. Export uses the ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``), which
-maps ``torchvision::nms`` to ONNX ``NonMaxSuppression`` (onnxscript's torchlib). It is slow (tens of
-seconds for a ResNet-18: symbolic-shape reasoning); padding inside the graph doubled that, hence the
-multiple-of-stride input.
+maps ``torchvision::nms`` to ONNX ``NonMaxSuppression`` (onnxscript's torchlib). It is slow (symbolic-shape
+reasoning, docs/export.md); padding inside the graph made it slower still, hence the multiple-of-stride input.
 
 The graph itself (``ExportWrapper``) lives in ``export_graph``; its public names are re-exported here.
 
-Shape legend (DESIGN.md): B images, R priors, K classes, L levels, D detections per image.
+Shape legend (docs/architecture.md): B images, R priors, K classes, L levels, D detections per image.
 """
 
 from __future__ import annotations
@@ -46,11 +45,7 @@ from anchorlab.export_graph import (
 )
 from anchorlab.io import atomic_path
 from anchorlab.models.detector import Detector
-from anchorlab.models.heads.centernet import CenterNetHead
-from anchorlab.models.heads.fcos import FCOSHead
-from anchorlab.models.heads.grid import GridHead
 from anchorlab.models.heads.postprocess import gather_priors, level_topk, loose_bound, select_detections
-from anchorlab.models.heads.retina import RetinaHead
 
 __all__ = [
     "EXPORT_MODES",
@@ -81,17 +76,9 @@ def _require_export_packages() -> None:
 
 
 def detector_family(model: Detector) -> str:
-    """``retinanet | free_anchor | fcos | centernet | grid`` from the head (``ExportError`` otherwise)."""
-    head = model.head
-    if isinstance(head, RetinaHead):
-        return "free_anchor" if head.loss_mode == "free_anchor" else "retinanet"
-    for cls, name in ((FCOSHead, "fcos"), (CenterNetHead, "centernet"), (GridHead, "grid")):
-        if isinstance(head, cls):
-            return name
-    raise ExportError(
-        f"ONNX export supports the retinanet, free_anchor, fcos, centernet and grid heads; "
-        f"{type(head).__name__} is not one of them (see docs/export.md)"
-    )
+    """What the model is, as recorded in an export's metadata: ``model.name`` (``retinanet``,
+    ``free_anchor``, ``retinanet_hnm``, ``fcos``, ``centernet``, ``grid`` from ``build_detector``)."""
+    return model.name
 
 
 def export_onnx(

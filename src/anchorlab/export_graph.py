@@ -2,7 +2,7 @@
 shapes, decoding, and for the "full" mode the in-graph selection with fixed-size outputs. Modes and
 outputs are described in ``anchorlab.export``, which re-exports every public name here.
 
-Shape legend (DESIGN.md): B images, R priors, K classes, L levels, D detections per image.
+Shape legend (docs/architecture.md): B images, R priors, K classes, L levels, D detections per image.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class ExportWrapper(nn.Module):
     per-image Python loop, fixed-size outputs).
 
     Args:
-        model: the detector (its head is a ``RetinaHead``, ``FCOSHead``, ``GridHead`` or
-            ``CenterNetHead``).
+        model: the detector (its head is a ``RetinaHead`` -- hard negative mining's included, scored by
+            its ``class_scores`` --, ``FCOSHead``, ``GridHead`` or ``CenterNetHead``).
         mode: ``"full"`` or ``"raw"``.
         inference: overrides of ``model.inference`` (score_thresh, topk_per_level, nms_iou,
             max_detections).
@@ -73,8 +73,8 @@ class ExportWrapper(nn.Module):
         head = model.head
         if not isinstance(head, (RetinaHead, FCOSHead, GridHead, CenterNetHead)):
             raise ExportError(
-                f"ONNX export supports the retinanet, free_anchor, fcos, centernet and grid heads; "
-                f"{type(head).__name__} is not one of them (see docs/export.md)"
+                f"ONNX export supports the retinanet (also with hard negative mining), free_anchor, fcos, "
+                f"centernet and grid heads; {type(head).__name__} is not one of them (see docs/export.md)"
             )
         self.model, self.mode = model, mode
         settings = {"score_thresh": 0.05, "topk_per_level": 1000, "nms_iou": 0.5, "max_detections": 100}
@@ -114,7 +114,8 @@ class ExportWrapper(nn.Module):
                 shifts = torch.stack((cx, cy, cx, cy), dim=1)
                 anchors.append((shifts[:, None, :] + self.base_anchors[level][None]).reshape(-1, 4))
             boxes = head.coder.decode(torch.cat(anchors)[None], out["box_deltas"])
-            return boxes, out["cls_logits"].sigmoid(), [n * head.num_anchors for n in per_level]
+            scores = head.class_scores(out["cls_logits"])  # HNM: softmax, background dropped
+            return boxes, scores, [n * head.num_anchors for n in per_level]
         if isinstance(head, FCOSHead):
             points, _ = _points(features, strides, 0.5)
             boxes = distances_to_boxes(points[None], out["box_dist"])

@@ -62,6 +62,9 @@ def test_postprocess_scores_are_softmax_foreground_probabilities() -> None:
     expected = logits[0].softmax(-1)[:, :2].flatten().sort(descending=True).values
     torch.testing.assert_close(det["scores"], expected)
     assert det["labels"].tolist() == [1, 0, 1, 0]  # 0.77 (anchor 1), 0.63, 0.14 (anchor 0), 0.06
+    # class_scores (what ONNX export scores priors with): the K foreground probabilities, not K + 1 sigmoids
+    torch.testing.assert_close(head.class_scores(logits), logits.softmax(-1)[..., :2])
+    assert build_detector(tiny_config()).name == "retinanet_hnm"  # what an export's metadata records
 
 
 def test_hnm_detector_trains_and_detects() -> None:

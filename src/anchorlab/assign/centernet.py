@@ -26,7 +26,7 @@ practice). Published CenterNet results rely on these values, so we match the cod
 
 Drawing is vectorised over objects: each object's (separable) gaussian is evaluated on the whole
 output grid ``[B, M, H, W]`` and reduced per class with ``scatter_reduce(amax)``; when ``B*M*H*W``
-exceeds ``max_elements`` the objects are processed in chunks. Shape legend (DESIGN.md): B images,
+exceeds ``max_elements`` the objects are processed in chunks. Shape legend (docs/architecture.md): B images,
 M objects (padded), K classes.
 """
 

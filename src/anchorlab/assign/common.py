@@ -5,7 +5,7 @@ written here with broadcasting to compute one ``[B, M, R]`` matrix for a whole p
 non-degenerate boxes it equals ``box_iou`` per image (tested). Where torchvision divides 0 by 0 (two
 zero-area boxes) it returns NaN; ``batched_iou`` returns 0 there so padded rows never produce NaN.
 
-Shape legend (DESIGN.md): B images, M ground-truth objects (padded to the batch maximum), R priors.
+Shape legend (docs/architecture.md): B images, M ground-truth objects (padded to the batch maximum), R priors.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ Everything is batched: objects are padded to ``[B, M, 4]``, candidate masks are 
 min-area choice is one ``argmin`` over ``M``. The code uses the equivalent centred form: inside the
 clipped centre region is ``|x - cx| < min(w / 2, radius * s)`` (same for ``y``) and ``max(l, r) =
 |x - cx| + w / 2`` (identical up to float rounding exactly at a boundary).
-Shape legend (DESIGN.md): B images, M objects, R points.
+Shape legend (docs/architecture.md): B images, M objects, R points.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ Rules:
 
 Vectorised: each round computes every object's (cell, distance) at once and resolves the winners of
 every cell with two ``scatter_reduce(amin)`` (distance, then index; ``"last"``: one ``amax`` over
-the index). Shape legend (DESIGN.md):
+the index). Shape legend (docs/architecture.md):
 B images, M objects (padded), R cells over all levels, L levels.
 """
 

@@ -19,7 +19,7 @@ intersection-over-prior-area ``>= crowd_ioa`` become ``IGNORE``; positives and t
 
 Everything is batched: GTs are padded to ``[B, M, 4]``, one ``[B, M, R]`` IoU tensor is built and the
 padded rows are set to -1 so they never match. No Python loop over priors or objects.
-Shape legend (DESIGN.md): B images, M objects, R priors.
+Shape legend (docs/architecture.md): B images, M objects, R priors.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@
 Both are vectorised over images and priors: every row is ranked once (random keys or losses, one sort)
 and an element is kept when its rank is below the row's quota. No Python loop over images or priors.
 Input ``matched`` uses the assigners' convention: object index ``>= 0`` (positive), ``BACKGROUND``
-(negative), ``IGNORE`` (never sampled). Shape legend (DESIGN.md): B images, R priors (or proposals).
+(negative), ``IGNORE`` (never sampled). Shape legend (docs/architecture.md): B images, R priors (or
+proposals).
 """
 
 from __future__ import annotations

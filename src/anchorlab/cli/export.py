@@ -62,7 +62,7 @@ def export(
     except (CheckpointError, ExportError, OSError, ValueError) as exc:
         fail(str(exc))
     console.print(
-        f"exported {cfg.model.detector} ({mode}) to {path}: input images [B, 3, H, W] in 0..1, "
+        f"exported {model.name} ({mode}) to {path}: input images [B, 3, H, W] in 0..1, "
         f"H and W multiples of {div}" + ("" if static else " (dynamic batch and size)")
     )
     if check:

@@ -1,7 +1,7 @@
 """Parallel training for ``compare --jobs N``: several detectors train at once in spawned processes.
 
 On a small CPU, N trainings with one torch thread each get more images through than one training with N
-threads (measured on 2 cores: 35 + 35 img/s against 51 img/s). Only the training runs in the workers:
+threads (docs/architecture.md). Only the training runs in the workers:
 evaluation and timing stay in the main process, one detector at a time, so ``infer ms`` is comparable.
 The main process shows one progress bar per running training, read from its ``OUT/<detector>/log.jsonl``.
 """

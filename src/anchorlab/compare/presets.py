@@ -41,7 +41,7 @@ _QUICK_TRAIN: Tree = {
     "warmup_iters": 50,
     "schedule": "cosine",
     "clip_grad": 10.0,
-    # bfloat16 autocast where the CPU runs it natively (1.3x faster steps here, AP within noise), and an
+    # bfloat16 autocast where the CPU runs it natively (faster steps, AP within noise), and an
     # EMA of the weights spanning the last ~third of the run for evaluation (docs/training.md).
     "amp": "auto",
     "ema": True,
@@ -184,7 +184,7 @@ _QUICK_MODELS: dict[str, Tree] = {
         "roi": {
             "max_level": 5,
             "pooler_size": 7,
-            "sampling_ratio": 1,  # RoIAlign's CPU backward dominated the step at 2 (1.2x faster at 1)
+            "sampling_ratio": 1,  # RoIAlign's CPU backward dominated the step at 2 (docs/architecture.md)
             "fc_channels": 256,
             "pos_iou": 0.5,
             "batch_size_per_image": 64,

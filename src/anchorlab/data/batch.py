@@ -1,4 +1,4 @@
-"""Batching images of different sizes: pad to a common size that is a multiple of the largest stride."""
+"""Batching images of different sizes: pad to a common size, a multiple of ``size_divisor`` (at most 32)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ def size_divisor(max_stride: int) -> int:
     """What batches are padded to: the largest stride, but at most 32.
 
     Priors come from the real feature-map sizes and the FPN resizes top-down to each lateral's size, so
-    padding to P6/P7's 64/128 buys nothing and costs compute (a 320 px image padded to 384 trained 1.44x
-    slower).
+    padding to P6/P7's 64/128 buys nothing and costs compute (docs/architecture.md).
     """
     return min(int(max_stride), 32)
 

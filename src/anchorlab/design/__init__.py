@@ -13,7 +13,8 @@
   ``(w, h)`` shapes, spread over the FPN levels by area.
 * ``coverage``: best possible recall of an ``AnchorGenerator`` on the real anchor grid of each padded image.
 
-Shape legend (DESIGN.md): N objects (all images), B images, R priors, L levels, A anchors per location.
+Shape legend (docs/architecture.md): N objects (all images), B images, R priors, L levels, A anchors
+per location.
 
 Split into ``stats`` (resize + statistics), ``proposals`` (ranges, k-means) and ``grid_coverage``
 (coverage); every public name is importable from ``anchorlab.design``.

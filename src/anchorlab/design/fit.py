@@ -6,12 +6,12 @@
   when it raises the recall by ``MIN_BPR_GAIN`` or more, else the config's anchors stay.
 * FCOS (``fcos.regress_ranges``) and the grid (``grid.size_ranges``): the ranges are kept. They are
   stride-relative (an object's level is set by how many strides it spans); ranges fitted to the data's
-  scale spread the objects over the levels and were measured to cost 45 (FCOS) and 32 (grid) val AP50
-  points on the quick synthetic data (docs/training.md#fitted-priors). The fit reports how many objects
+  scale spread the objects over the levels and cost most of the val AP50 on the quick synthetic data
+  (docs/training.md#fitted-priors). The fit reports how many objects
   each level gets under the config's ranges and names the levels none uses.
 * CenterNet predicts on one level: nothing to fit.
 
-Shape legend (DESIGN.md): N objects (all images), L levels.
+Shape legend (docs/architecture.md): N objects (all images), L levels.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Exact best possible recall of an ``AnchorGenerator`` on the real anchor grid of each padded image.
 
-Shape legend (DESIGN.md): N objects (all images), B images, A anchors per location.
+Shape legend (docs/architecture.md): N objects (all images), B images, A anchors per location.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Anchor proposals from the data: range-based octave anchors, YOLOv2 k-means shapes and the min / max
 recipe of the "anchor boxes: when, where and how" tutorial (``propose_seed``).
 
-Shape legend (DESIGN.md): N objects (all images), S shapes.
+Shape legend (docs/architecture.md): N objects (all images), S shapes.
 """
 
 from __future__ import annotations

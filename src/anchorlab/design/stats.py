@@ -1,6 +1,6 @@
 """Box statistics after the evaluation resize: ``resize_boxes``, ``box_stats``, ``shape_iou``.
 
-Shape legend (DESIGN.md): N objects (all images), B images.
+Shape legend (docs/architecture.md): N objects (all images), B images.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX): only then is CPU autocast
-    faster than float32 (1.5x for the quick ResNet-18 configs on an AVX512-BF16 Zen 5)."""
+    faster than float32 (docs/training.md)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

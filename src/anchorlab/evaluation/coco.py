@@ -1,4 +1,4 @@
-"""COCO detection metrics through faster-coco-eval (same numbers as pycocotools, ~8x faster).
+"""COCO detection metrics through faster-coco-eval (same numbers as pycocotools, in C++).
 
 ``coco_metrics`` returns the 12 standard summary numbers as fractions in ``[0, 1]``; a number whose
 subset holds no ground truth at all (e.g. ``APs`` on a data set without small objects) is ``-1``, as in
@@ -6,7 +6,7 @@ pycocotools. ``coco_eval_details`` keeps the accumulated precision array for PR-
 ``detections_to_coco_results`` turns model outputs (contiguous labels, ``xyxy``) into COCO result
 dicts (original category ids, ``xywh``).
 
-Shape legend (DESIGN.md): B images, K classes; COCOeval's own axes are T IoU thresholds, R recall
+Shape legend (docs/architecture.md): B images, K classes; COCOeval's own axes are T IoU thresholds, R recall
 thresholds (101), A area ranges (all, small, medium, large), M max-detection limits (1, 10, 100).
 """
 

@@ -22,7 +22,7 @@ Two protocols (``PROTOCOLS``) fix every choice the number depends on:
   ``max_detections`` after NMS), class-aware match, COCO's 0.50:0.95 with ``IoU >= t``, the ratio NaN
   where nothing was covered and left out of the mean.
 
-Shape legend (DESIGN.md): B images, M ground-truth objects, N detections, T IoU thresholds.
+Shape legend (docs/architecture.md): B images, M ground-truth objects, N detections, T IoU thresholds.
 """
 
 from __future__ import annotations

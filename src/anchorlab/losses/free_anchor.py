@@ -51,7 +51,7 @@ Differences from the references (all small and deliberate) and implementation no
   references' float32 ``0 / 0`` when an object has no prediction above ``bbox_thr`` and some IoU equals
   it exactly (``t1 + 1e-12`` rounds to ``t1`` in float32).
 
-Shape legend (DESIGN.md): B images, M objects, R anchors, K classes.
+Shape legend (docs/architecture.md): B images, M objects, R anchors, K classes.
 """
 
 from __future__ import annotations
@@ -155,8 +155,7 @@ def free_anchor_loss(
     Returns:
         ``{"positive_bag_loss": scalar, "negative_bag_loss": scalar}``, already weighted by ``alpha`` and
         ``1 - alpha`` and normalised by the batch's object count (times ``bag_size`` for negatives).
-        ``B, R, K`` are the brief's ``N, A, C``; gradients reach ``cls_logits`` through both terms and
-        ``box_deltas`` through the positive term only.
+        Gradients reach ``cls_logits`` through both terms and ``box_deltas`` through the positive term only.
     """
     batch, num_anchors, num_classes = cls_logits.shape
     if box_deltas.shape != (batch, num_anchors, 4) or anchors.shape != (num_anchors, 4):

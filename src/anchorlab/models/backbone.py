@@ -75,8 +75,7 @@ def _norm_layer(norm: str, mobilenet: bool) -> Callable[..., nn.Module]:
     if norm == "bn":
         # MobileNetV3's eps, but torch's default momentum 0.1, not torchvision's 0.01 (tuned for long
         # ImageNet runs): from scratch on short schedules the running statistics trail the changing
-        # weights by ~100 steps and evaluation collapses (quick CenterNet: val AP50 1.9 vs 31.7 once
-        # the statistics are recomputed for the same weights).
+        # weights by ~100 steps and evaluation collapses (docs/architecture.md).
         return partial(nn.BatchNorm2d, eps=0.001) if mobilenet else nn.BatchNorm2d
     if norm == "frozen_bn":
         return partial(FrozenBatchNorm2d, eps=0.001) if mobilenet else FrozenBatchNorm2d

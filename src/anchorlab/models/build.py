@@ -66,8 +66,13 @@ def _backbone(cfg: ModelConfig) -> BackboneFPN:
 
 
 def _detector(
-    cfg: ModelConfig, backbone: BackboneFPN, head: nn.Module, anchors: AnchorGenerator | None
+    cfg: ModelConfig,
+    backbone: BackboneFPN,
+    head: nn.Module,
+    anchors: AnchorGenerator | None,
+    name: str | None = None,
 ) -> Detector:
+    """The ``Detector`` named ``name`` (default ``cfg.detector``) around ``backbone`` and ``head``."""
     return Detector(
         backbone,
         head,
@@ -77,6 +82,7 @@ def _detector(
         pixel_std=cfg.pixel_std,
         channels_last=cfg.channels_last,
         inference=cfg.inference.model_dump(),
+        name=name or cfg.detector,
     )
 
 
@@ -282,7 +288,7 @@ def _dense_hnm(cfg: ModelConfig, anchors: AnchorGenerator) -> Detector:
         cls_weight=cfg.loss.cls_weight,
         box_weight=cfg.loss.box_weight,
     )
-    return _detector(cfg, backbone, head, anchors)
+    return _detector(cfg, backbone, head, anchors, name=f"{cfg.detector}_hnm")
 
 
 #: Every detector name ``model.detector`` accepts today, and its constructor.

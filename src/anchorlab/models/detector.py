@@ -57,6 +57,8 @@ class Detector(nn.Module):
             largest stride, i.e. at most 32).
         channels_last: run the model and its inputs in ``torch.channels_last`` memory format.
         inference: keyword arguments of ``head.postprocess`` (score_thresh, nms_iou, ...).
+        name: what the detector is, e.g. ``retinanet_hnm`` (``models.build`` sets it from the config;
+            ONNX exports record it); default: the head's class name.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Detector(nn.Module):
         size_divisible: int | None = None,
         channels_last: bool = False,
         inference: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__()
         if anchor_generator is None and not hasattr(head, "priors"):
@@ -79,6 +82,7 @@ class Detector(nn.Module):
         self.head = head
         self.anchor_generator = anchor_generator
         self.num_classes = num_classes
+        self.name = name or type(head).__name__
         self.strides: list[int] = list(backbone.strides)
         self.size_divisible = int(size_divisible or size_divisor(max(self.strides)))
         self.inference = dict(inference or {})

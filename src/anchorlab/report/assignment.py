@@ -251,8 +251,7 @@ def assignment_report(
 
     ``progress(done_images, total_images)`` is called after every chunk. ``threads`` sets torch's CPU
     threads for the call (restored after; ``None`` keeps them): the work is many medium-sized tensor ops
-    that gain little from threads and, measured on a shared 2-core machine, ran 10x slower with 2 threads
-    than with 1. See docs/assignment.md."""
+    that gain little from threads and lose much to oversubscription (docs/assignment.md)."""
     strategies = check_strategies(strategies)
     before = torch.get_num_threads()
     if threads is not None:

@@ -17,7 +17,7 @@
   keeps the score on the scale of a probability, so one ``score_thresh`` suits every head), per-level
   top-k above the threshold, decode, clip, class-wise NMS, ``max_detections``.
 
-Shape legend (DESIGN.md): B images, M objects, R points, K classes.
+Shape legend (docs/architecture.md): B images, M objects, R points, K classes.
 """
 
 from __future__ import annotations

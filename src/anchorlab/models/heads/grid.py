@@ -19,7 +19,8 @@
 * Inference: score ``sigmoid(obj) * sigmoid(cls)``, per-level top-k, decode, clip, class-wise NMS.
 
 Predictions and targets use one flat order: level-major, then ``(y, x)`` (``flatten_levels`` and
-``grid_assign`` both), pinned by a test. Shape legend (DESIGN.md): B images, M objects, R cells, K classes.
+``grid_assign`` both), pinned by a test. Shape legend (docs/architecture.md): B images, M objects,
+R cells, K classes.
 """
 
 from __future__ import annotations

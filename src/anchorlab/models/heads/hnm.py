@@ -12,7 +12,7 @@ Initialisation: foreground logits start at 0 and the background logit at ``log(K
 softmax gives background probability ``1 - p`` (``prior_prob``, 0.01): like RetinaNet's prior, the
 untrained head predicts "almost surely background" and the first steps are not dominated by negatives.
 
-Shape legend (DESIGN.md): B images, R anchors, K foreground classes, A anchors per location.
+Shape legend (docs/architecture.md): B images, R anchors, K foreground classes, A anchors per location.
 """
 
 from __future__ import annotations
@@ -109,6 +109,11 @@ class HardNegativeHead(RetinaHead):
             "loss_box": self.box_weight * loss_box / normalizer,
         }
 
+    def class_scores(self, cls_logits: torch.Tensor) -> torch.Tensor:
+        """``cls_logits [B, R, K + 1]`` -> softmax foreground probabilities ``[B, R, K]`` (background
+        dropped): what ``postprocess`` ranks and returns, and what the ONNX graph scores priors with."""
+        return cls_logits.softmax(dim=-1)[..., : self.num_foreground]
+
     @torch.no_grad()
     def postprocess(
         self,
@@ -119,7 +124,7 @@ class HardNegativeHead(RetinaHead):
     ) -> list[dict[str, torch.Tensor]]:
         """``RetinaHead.postprocess`` on the logits of the softmax foreground probabilities: the sigmoid
         there gives back exactly those probabilities, and ranking by them is unchanged."""
-        probs = outputs["cls_logits"].softmax(dim=-1)[..., : self.num_foreground]
+        probs = self.class_scores(outputs["cls_logits"])
         return super().postprocess(
             dict(outputs, cls_logits=torch.logit(probs)), anchors, image_sizes, **inference
         )

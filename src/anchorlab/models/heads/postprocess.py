@@ -15,7 +15,7 @@ with ``k`` rather than with the ``R K`` scores:
    boxes of a prefix are exactly the full run's kept boxes in that prefix: the output is the same as NMS
    over all candidates (up to ties of equal scores), for a fraction of the pairwise IoUs.
 
-Shape legend (DESIGN.md): B images, R priors, K classes, N candidates.
+Shape legend (docs/architecture.md): B images, R priors, K classes, N candidates.
 """
 
 from __future__ import annotations

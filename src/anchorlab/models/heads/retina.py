@@ -8,7 +8,7 @@ Head protocol (what ``Detector`` calls; FCOS / CenterNet / grid heads implement 
 * ``loss(outputs, priors, targets) -> dict[str, Tensor]`` of already weighted losses;
 * ``postprocess(outputs, priors, image_sizes, **inference) -> list[{"boxes", "scores", "labels"}]``.
 
-Shape legend (DESIGN.md): B images, M objects, R anchors, K classes, A anchors per location.
+Shape legend (docs/architecture.md): B images, M objects, R anchors, K classes, A anchors per location.
 """
 
 from __future__ import annotations
@@ -239,6 +239,11 @@ class RetinaHead(nn.Module):
         }
 
     # -- inference ---------------------------------------------------------------------------------
+    def class_scores(self, cls_logits: torch.Tensor) -> torch.Tensor:
+        """``cls_logits [B, R, C]`` -> the class probabilities ``[B, R, K]`` that ``postprocess`` ranks
+        and returns (here ``sigmoid``, ``C = K``); the ONNX graph scores priors with it."""
+        return cls_logits.sigmoid()
+
     @torch.no_grad()
     def postprocess(
         self,

@@ -11,7 +11,7 @@ the samples plus smooth L1 (beta 1/9, as torchvision) on the positives' deltas o
 divided by the number of samples. Inference: softmax, per-class boxes, score > 0.05, clip, class-wise
 NMS 0.5, 100 detections per image. Batched over images except for building ``roi_align``'s box lists.
 
-Shape legend (DESIGN.md): B images, M objects, P proposals per image, N pooled RoIs, K classes.
+Shape legend (docs/architecture.md): B images, M objects, P proposals per image, N pooled RoIs, K classes.
 """
 
 from __future__ import annotations

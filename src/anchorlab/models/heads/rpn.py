@@ -9,7 +9,8 @@ highest objectness are decoded, clipped, stripped of tiny boxes and NMSed (IoU 0
 ``post_nms_top_n`` best survivors of all levels are the image's proposals. All of it runs batched over
 images (one ``topk`` per level, one ``batched_nms`` for the whole batch).
 
-Shape legend (DESIGN.md): B images, M objects, R anchors, P proposals per image, A anchors per location.
+Shape legend (docs/architecture.md): B images, M objects, R anchors, P proposals per image, A anchors
+per location.
 """
 
 from __future__ import annotations
