@@ -88,9 +88,12 @@ def load_split(cfg: Config, split: str):
 
 
 def prepare_data(cfg: Config):
-    """Load train (and val, if any) and fill ``model.num_classes`` from the data when unset."""
+    """Load train (and val, if any) and fill ``model.num_classes`` from the data when unset;
+    ``train.preset: auto`` is resolved here against the training split (``compare.auto.apply_auto``)."""
     ensure_synthetic(cfg)
     train = load_split(cfg, "train")
+    if cfg.train.preset == "auto":
+        announce_auto(cfg, train)
     val = load_split(cfg, "val") if cfg.data.val else None
     if cfg.model.num_classes is None:
         cfg.model.num_classes = train.num_classes
@@ -100,6 +103,25 @@ def prepare_data(cfg: Config):
             f"has {train.num_classes} categories"
         )
     return train, val
+
+
+def announce_auto(cfg: Config, train_set) -> None:
+    """Apply the auto budget to ``cfg`` in place; the main process prints its one line (and warnings) and
+    records it as OUT/auto_budget.json when the run folder exists."""
+    from rich.console import Console
+
+    from anchorlab import distributed as dist_utils
+    from anchorlab.compare.auto import apply_auto
+
+    budget = apply_auto(cfg, train_set)
+    if not dist_utils.is_main():
+        return
+    console = Console(stderr=True)
+    console.print(budget.line(), soft_wrap=True)
+    for warning in budget.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    if Path(cfg.train.out).is_dir():
+        write_json(Path(cfg.train.out) / "auto_budget.json", budget.to_dict())
 
 
 def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
