@@ -33,6 +33,12 @@ def train(
         "report of their levels' use (sets model.fit_anchors; result in OUT/fit_anchors.json and "
         "OUT/config.yaml).",
     ),
+    budget: str | None = typer.Option(
+        None,
+        "--budget",
+        help="auto: size the run to the training data (image size, fitted anchors, length, augmentation; "
+        "one line says what and why; --set keys win). Same as train.preset: auto.",
+    ),
 ) -> None:
     """Train a detector; checkpoints, log.jsonl and metrics.json go to train.out.
 
@@ -46,9 +52,13 @@ def train(
     from anchorlab.engine.train import TrainingError
     from anchorlab.engine.train import train as run_train
 
+    if budget not in (None, "auto"):
+        fail(f"--budget {budget!r}: train takes only auto (the fixed recipes are the configs/*.yaml)")
     try:
         flags = ["train.tensorboard=true"] * tensorboard + ["model.fit_anchors=true"] * fit_anchors
         cfg = load_config(config, [*(set_ or []), *flags])
+        if budget == "auto":
+            cfg.train.preset = "auto"
         summary = run_train(cfg, resume=resume, evaluate=not no_eval, console=console)
     except (
         ConfigError,
