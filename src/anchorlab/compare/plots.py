@@ -176,9 +176,11 @@ def plot_image_grid(
 
 def plot_predictions(results: dict[str, Any], path: Path) -> Path:
     """Rows: the same val images; columns: ground truth, then each detector's detections (score >= 0.3)."""
-    from anchorlab.data import load_coco
+    from anchorlab.config import Config
+    from anchorlab.engine.common import load_split
 
-    val_set = load_coco(results["data"]["val"], images_dir=results["data"]["images"])
+    cfg = Config.model_validate({"data": results["data"]})
+    val_set = load_split(cfg, "val")
     preds = {d: _detections_by_image(r) for d, r in _ok_runs(results)}
     columns = {d: preds.get(d) for d in results["detectors"]}
     title = f"val images: ground truth and detections with score >= {SCORE_THRESH}"
