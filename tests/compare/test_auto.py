@@ -179,3 +179,32 @@ def test_train_with_preset_auto_records_the_choice(synth, tmp_path):
     assert written["model"]["fit_anchors"] is True and written["data"]["photometric"] is True
     record = json.loads((tmp_path / "run" / "auto_budget.json").read_text())
     assert record["kept"] == {"train.iterations": 2} and record["facts"]["images"] == 6
+
+
+TINY = [
+    "--set", "train.iterations=2",
+    "--set", "model.fpn.channels=16",
+    "--set", "model.head.channels=16",
+    "--set", "model.head.num_convs=1",
+    "--set", "train.workers=0",
+]  # fmt: skip
+
+
+def test_compare_on_user_data_prints_the_auto_line_and_records_it(synth, tmp_path):
+    args = ["compare", "--detectors", "fcos", "--threads", "1", "--data", str(synth.train)]
+    result = CliRunner().invoke(app, [*args, "--val", str(synth.val), "--out", str(tmp_path), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "auto budget: 6 training images at 96/96 px (native" in result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["budget"] == "auto" and results["auto"]["values"]["data.min_size"] == 96
+    assert "kept yours: train.iterations=2" in " ".join(results["auto"]["reasons"])
+    assert "Auto budget: 6 training images" in (tmp_path / "report.md").read_text()
+
+
+def test_compare_quick_sized_budget_on_larger_user_images_warns(tmp_path):
+    data = make_synthetic(tmp_path / "d", images=8, seed=0, size=128, min_object=24, max_object=48)
+    args = ["compare", "--detectors", "fcos", "--budget", "tiny", "--threads", "1", "--data", str(data.train)]
+    result = CliRunner().invoke(app, [*args, "--val", str(data.val), "--out", str(tmp_path / "c"), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "warning: the tiny budget trains at 96/96 px" in result.output and "shrunk 1.3x" in result.output
+    assert "shrunk 1.3x" in json.loads((tmp_path / "c" / "results.json").read_text())["warnings"][0]
