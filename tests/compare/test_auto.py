@@ -136,6 +136,10 @@ def test_compare_resolves_auto_for_user_data(synth, tmp_path):
     assert (cfg.data.min_size, cfg.data.max_size) == (96, 120) and cfg.data.scale_jitter == (72, 120)
     assert cfg.model.fit_anchors and cfg.train.preset is None and cfg.model.fpn.channels == 64
     assert len(report) == 1 and report[0].facts["images"] == 6
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"data": {"val": str(synth.val)}, "train": {"lr": 0.5}}))
+    cfg = resolve_config("fcos", budget="auto", data=synth.train, base_config=base, out=tmp_path)
+    assert cfg.data.min_size == 96 and cfg.model.fit_anchors and cfg.train.lr == 0.002  # auto's recipe
 
 
 def test_compare_cli_defaults_to_auto_with_data_and_quick_warns(synth, tmp_path, monkeypatch):

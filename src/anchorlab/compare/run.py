@@ -110,6 +110,8 @@ def resolve_config(
     if val is not None:
         tree["data"]["val"] = str(val)
     tree["model"] = model_tree(detector, budget)
+    if budget == "auto":  # also when --config replaced the train section
+        tree["train"]["preset"] = "auto"
     apply_overrides(tree, list(overrides))
     tree["train"]["out"] = str(Path(out) / detector)
     cfg = config_from_dict(tree, source=f"compare {detector} ({budget} budget)")
