@@ -107,7 +107,8 @@ def prepare_data(cfg: Config):
 
 def announce_auto(cfg: Config, train_set) -> None:
     """Apply the auto budget to ``cfg`` in place; the main process prints its one line (and warnings) and
-    records it as OUT/auto_budget.json when the run folder exists."""
+    records it as OUT/auto_budget.json when the run folder exists (in its ``.incoming/`` staging folder
+    while a replacing run has not written its first checkpoint, so an earlier run stays untouched)."""
     from rich.console import Console
 
     from anchorlab import distributed as dist_utils
@@ -120,8 +121,10 @@ def announce_auto(cfg: Config, train_set) -> None:
     console.print(budget.line(), soft_wrap=True)
     for warning in budget.warnings:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
-    if Path(cfg.train.out).is_dir():
-        write_json(Path(cfg.train.out) / "auto_budget.json", budget.to_dict())
+    out = Path(cfg.train.out)
+    if out.is_dir():
+        folder = out / ".incoming" if (out / ".incoming").is_dir() else out
+        write_json(folder / "auto_budget.json", budget.to_dict())
 
 
 def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
