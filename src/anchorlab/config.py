@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveFloat,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -31,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "load_config",
+    "override_keys",
 ]
 
 DetectorName = Literal["retinanet", "free_anchor", "fcos", "centernet", "grid", "faster_rcnn"]
@@ -321,6 +323,10 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
+    #: ``auto``: size the run to the training data before training (``anchorlab.compare.auto``: image size,
+    #: fitted anchors, length, warm-up, EMA, the small-data recipe); keys given with ``--set`` win. The
+    #: COCO schedules (``1x``, ``2x``, ...) expand to ``iterations`` / ``steps`` when the config is read.
+    preset: Literal["auto"] | None = None
     iterations: int = Field(90000, gt=0)
     #: Length in epochs (passes over the training set) instead of `iterations`: iterations = epochs x
     #: batches per epoch (set when training starts; config.yaml records both).
@@ -378,6 +384,25 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    #: Dotted keys the user gave on the command line (``--set``): ``train.preset: auto`` keeps them.
+    _pinned: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    def __eq__(self, other: object) -> bool:  # the values, not where they came from
+        if not isinstance(other, Config):
+            return NotImplemented
+        return (self.model, self.data, self.train) == (other.model, other.data, other.train)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def pinned(self) -> frozenset[str]:
+        """Dotted keys set by ``--set`` overrides (what ``train.preset: auto`` must not change)."""
+        return self._pinned
+
+    def pin(self, keys: list[str] | frozenset[str] | set[str]) -> Config:
+        """Record ``keys`` as user-set (see ``pinned``); returns self."""
+        self._pinned = frozenset(self._pinned | set(keys))
+        return self
 
 
 #: The standard COCO schedules for 16 images per batch (iterations, lr steps).
@@ -435,12 +460,15 @@ def _describe(exc: ValidationError) -> str:
 
 
 def _expand_schedule(tree: dict[str, Any]) -> None:
-    """``train.preset: 1x`` expands to the standard COCO iterations and steps."""
+    """``train.preset: 1x`` expands to the standard COCO iterations and steps; ``auto`` and null stay (the
+    auto budget is resolved against the training data, ``anchorlab.compare.auto.apply_auto``)."""
     train = tree.get("train")
-    if isinstance(train, dict) and "preset" in train:
+    if isinstance(train, dict) and train.get("preset") not in (None, "auto"):
         preset = train.pop("preset")
         if preset not in SCHEDULES:
-            raise ConfigError(f"train.preset {preset!r} is not one of {', '.join(SCHEDULES)}")
+            raise ConfigError(
+                f"train.preset {preset!r} is not one of {', '.join(SCHEDULES)}, auto (sized to the data)"
+            )
         iterations, steps = SCHEDULES[preset]
         train.setdefault("iterations", iterations)
         train.setdefault("steps", steps)
@@ -472,7 +500,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: the top level must be a mapping (model:, data:, train:)")
         tree = loaded or {}
     apply_overrides(tree, overrides)
-    return config_from_dict(tree, source)
+    cfg = config_from_dict(tree, source)
+    return cfg.pin(override_keys(overrides))
+
+
+def override_keys(overrides: list[str] | None) -> list[str]:
+    """The dotted keys of ``key.path=value`` overrides (malformed items are skipped)."""
+    return [item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item]
 
 
 def dump_config(cfg: Config) -> str:

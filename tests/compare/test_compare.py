@@ -264,8 +264,10 @@ def test_quick_data_and_train_equal_the_retinanet_config():
 
 
 @pytest.mark.parametrize("budget", list(BUDGETS))
-def test_every_detector_shares_data_schedule_and_backbone(budget, tmp_path):
+def test_every_detector_shares_data_schedule_and_backbone(budget, synth, tmp_path):
     data = {"data": "train.json", "val": "val.json"} if budget == "standard" else {}
+    if budget == "auto":  # sized to real data
+        data = {"data": synth.train, "val": synth.val}
     names = dict.fromkeys([*build_module.DETECTORS, "faster_rcnn"])  # every preset, registered or not yet
     configs = {d: resolve_config(d, budget=budget, out=tmp_path, **data) for d in names}
     ref = configs["retinanet"]

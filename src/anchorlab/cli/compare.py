@@ -23,7 +23,9 @@ Examples:
 
   anchorlab compare --data train.json --val val.json --fit-anchors   # anchors fitted to your boxes
 
-Budgets: quick (built-in synthetic data, CPU minutes), tiny (seconds, for tests), standard (COCO 1x, GPU).
+Budgets: auto (the default with --data: sized to your data, one line says what and why), quick (built-in
+synthetic data, CPU minutes; warns when it shrinks your images), tiny (seconds, for tests), standard (COCO
+1x, GPU).
 Re-running reuses finished runs whose config did not change; --fresh retrains them.
 Writes OUT/results.json, OUT/report.md, OUT/report.html (self-contained) and the plots.
 """
@@ -34,7 +36,12 @@ def compare_command(
     detectors: str | None = typer.Option(
         None, "--detectors", help="Comma-separated detector names (default: every detector anchorlab has)."
     ),
-    budget: str = typer.Option("quick", "--budget", help="quick | tiny | standard (data + schedule preset)."),
+    budget: str | None = typer.Option(
+        None,
+        "--budget",
+        help="auto | quick | tiny | standard (data + schedule preset). Default: auto with --data or --config "
+        "(image size, anchors, length and augmentation chosen from your data), else quick.",
+    ),
     data: Path | None = typer.Option(
         None,
         "--data",
@@ -87,7 +94,7 @@ def compare_command(
         )
     if jobs < 1:
         fail(f"--jobs must be >= 1 (detectors trained at once), got {jobs}")
-    if budget not in BUDGETS:
+    if budget is not None and budget not in BUDGETS:
         fail(f"unknown budget {budget!r}; available budgets: {', '.join(BUDGETS)}")
     console = make_console(stderr=True)
     try:

@@ -45,6 +45,12 @@ def train(
         "report of their levels' use (sets model.fit_anchors; result in OUT/fit_anchors.json and "
         "OUT/config.yaml).",
     ),
+    budget: str | None = typer.Option(
+        None,
+        "--budget",
+        help="auto: size the run to the training data (image size, fitted anchors, length, augmentation; "
+        "one line says what and why; --set keys win). Same as train.preset: auto.",
+    ),
 ) -> None:
     """Train a detector into a run folder: last.pt, best.pt, results.csv, log.jsonl, metrics.json, ...
 
@@ -59,11 +65,15 @@ def train(
     from anchorlab.engine.train import TrainingError
     from anchorlab.engine.train import train as run_train
 
+    if budget not in (None, "auto"):
+        fail(f"--budget {budget!r}: train takes only auto (the fixed recipes are the configs/*.yaml)")
     if resume and exist_ok:
         fail("--resume continues the run in the folder, --exist-ok replaces it: give one of them", code=2)
     try:
         flags = ["train.tensorboard=true"] * tensorboard + ["model.fit_anchors=true"] * fit_anchors
         cfg = load_config(config, [*(set_ or []), *flags])
+        if budget == "auto":
+            cfg.train.preset = "auto"
         cfg.train.out = str(out) if out is not None else default_out(cfg, config)
         summary = run_train(cfg, resume=resume, exist_ok=exist_ok, evaluate=not no_eval, console=console)
     except (RunFolderExists, RunFolderBusy) as exc:

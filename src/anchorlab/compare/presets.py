@@ -2,7 +2,8 @@
 model sections that differ only where the detector's design needs it (head, anchors, levels).
 
 Kept inside the package (not in ``configs/``) so an installed anchorlab compares detectors without the
-repository. ``quick`` model sections equal the ``model:`` sections of ``configs/*_quick.yaml`` (a test
+repository. ``auto`` takes the quick model sections and sizes data + schedule to the user's data
+(``compare.auto``). ``quick`` model sections equal the ``model:`` sections of ``configs/*_quick.yaml`` (a test
 pins it); ``tiny`` shrinks them for tests; ``standard`` is the COCO 1x recipe for GPU machines.
 """
 
@@ -17,6 +18,7 @@ Tree = dict[str, Any]
 
 #: Budget name -> one-line description (shown by ``anchorlab compare --help`` and in docs/compare.md).
 BUDGETS: dict[str, str] = {
+    "auto": "your data (--data): size, anchors, length and augmentation chosen from it; quick models",
     "quick": "built-in synthetic data (128 px, 400 images), ResNet-18 FPN, 600 iterations: CPU minutes",
     "tiny": "16 synthetic 96 px images, 6 iterations, 16-channel FPN: seconds, for tests",
     "standard": "COCO-like 1x (90k iterations, 16 per batch, 800/1333 px), ResNet-50 FPN: GPU, needs --data",
@@ -88,7 +90,10 @@ _STANDARD_TRAIN: Tree = {
     "seed": 0,
     "workers": 4,
 }
+#: The auto budget starts from the quick recipe on the user's data; ``compare.auto`` then sizes it.
+_AUTO_DATA: Tree = {k: v for k, v in _QUICK_DATA.items() if k != "synthetic"} | {"train": None, "val": None}
 _DATA_TRAIN: dict[str, tuple[Tree, Tree]] = {
+    "auto": (_AUTO_DATA, {**_QUICK_TRAIN, "preset": "auto"}),
     "quick": (_QUICK_DATA, _QUICK_TRAIN),
     "tiny": (_TINY_DATA, _TINY_TRAIN),
     "standard": (_STANDARD_DATA, _STANDARD_TRAIN),
@@ -296,7 +301,7 @@ def shared_model(budget: str) -> Tree:
     if budget == "standard":
         shared = {"backbone": _R50, "fpn": _P3_P7_256, "head": _HEAD_256, "inference": _INFERENCE}
     else:
-        shared = quick if budget == "quick" else _tiny(quick)
+        shared = _tiny(quick) if budget == "tiny" else quick
     return copy.deepcopy(shared)
 
 
@@ -319,7 +324,7 @@ def model_tree(detector: str, budget: str) -> Tree:
     if budget == "standard":
         return copy.deepcopy(_STANDARD_MODELS[detector])
     quick = _QUICK_MODELS[detector]
-    return copy.deepcopy(quick) if budget == "quick" else _tiny(quick)
+    return _tiny(quick) if budget == "tiny" else copy.deepcopy(quick)
 
 
 def budget_tree(budget: str) -> Tree:

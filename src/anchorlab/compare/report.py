@@ -22,7 +22,20 @@ from rich.table import Table
 from anchorlab.compare.plots import pct, plot_ap_by_size, plot_pr_curves, plot_predictions
 from anchorlab.io import write_text
 
-__all__ = ["COLUMNS", "markdown_table", "print_table", "rich_table", "table_rows", "write_report"]
+__all__ = [
+    "COLUMNS",
+    "CSS",
+    "data_uri",
+    "html_figure",
+    "html_page",
+    "html_table",
+    "markdown_table",
+    "md_table",
+    "print_table",
+    "rich_table",
+    "table_rows",
+    "write_report",
+]
 
 #: Table columns and what they mean (docs/compare.md explains them at length).
 COLUMNS: dict[str, str] = {
@@ -192,30 +205,55 @@ def _settings_text(results: dict[str, Any]) -> str:
         f"{d['min_size']}/{d['max_size']} px, {t['iterations']} iterations x {t['batch_size']} images, "
         f"{t['optimizer']} lr {t['lr']} ({t['schedule']}), seed {t['seed']} — the same for every detector. "
         f"torch {env.get('torch')}, torch threads: {env.get('threads')}, {env.get('platform')}."
+        + "".join(f" {line}." for line in _budget_lines(results))
     )
 
 
-def _md_table(headers: list[str], rows: list[list[str]]) -> str:
+def _budget_lines(results: dict[str, Any]) -> list[str]:
+    """The auto budget's reasons and any budget warning (e.g. the quick budget shrinking user images)."""
+    auto = results.get("auto") or {}
+    lines = ["Auto budget: " + "; ".join(auto["reasons"])] if auto.get("reasons") else []
+    return lines + [f"Warning: {w}" for w in results.get("warnings") or []]
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A markdown table (cells as given)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _html_table(headers: list[str], rows: list[list[str]]) -> str:
+def html_table(headers: list[str], rows: list[list[str]]) -> str:
+    """An HTML table, every cell escaped."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _data_uri(path: Path) -> str:
+def data_uri(path: Path) -> str:
+    """A PNG file as a base64 data URI (what keeps report.html self-contained)."""
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-_CSS = (
+CSS = (
     "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
     "table{border-collapse:collapse;font-size:0.9em;margin:1em 0}"
     "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
     "td:first-child,th:first-child,td:last-child{text-align:left}img{max-width:100%}"
 )
+
+
+def html_figure(path: Path, title: str) -> str:
+    """A section heading and the PNG at ``path`` embedded as a data URI."""
+    return f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{data_uri(path)}'>"
+
+
+def html_page(title: str, body: list[str]) -> str:
+    """A self-contained HTML document: inline CSS, no scripts, ``body`` parts (already HTML) in order."""
+    head = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body>"
+    )
+    return "\n".join([head, f"<h1>{html.escape(title)}</h1>", *body, "</body></html>"])
 
 
 def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
@@ -260,18 +298,15 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
                 "",
                 a_text,
                 "",
-                _md_table(a_headers, a_rows),
+                md_table(a_headers, a_rows),
                 "",
             ]
         md += [f"## {title}", "", f"![{title}]({path.name})", ""]
     write_text(out / "report.md", "\n".join(md))
 
     parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>anchorlab compare</title>"
-        f"<style>{_CSS}</style></head><body>",
-        "<h1>anchorlab compare</h1>",
         f"<p>{html.escape(_settings_text(results).replace('**', '').replace('`', ''))}</p>",
-        _html_table(headers, rows),
+        html_table(headers, rows),
         f"<p>{html.escape(note)}</p>" if note else "",
         "<p>"
         + "<br>".join(f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in COLUMNS.items())
@@ -282,14 +317,10 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
             parts += [
                 "<h2>Assignment report of the training data</h2>",
                 f"<p>{html.escape(a_text)}</p>",
-                _html_table(a_headers, a_rows),
+                html_table(a_headers, a_rows),
             ]
-        parts += [
-            f"<h2>{html.escape(title)}</h2>",
-            f"<img alt='{html.escape(title)}' src='{_data_uri(path)}'>",
-        ]
-    parts.append("</body></html>")
-    write_text(out / "report.html", "\n".join(parts))
+        parts.append(html_figure(path, title))
+    write_text(out / "report.html", html_page("anchorlab compare", parts))
     return {
         "report_md": out / "report.md",
         "report_html": out / "report.html",

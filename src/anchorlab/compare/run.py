@@ -37,7 +37,7 @@ from rich.progress import (
 from anchorlab.compare.measure import PeakMemory, measure_speed, pr_curve, predict_and_score
 from anchorlab.compare.parallel import prepare_run_dir, train_parallel
 from anchorlab.compare.presets import budget_tree, check_budget, has_preset, model_tree
-from anchorlab.config import Config, ConfigError, apply_overrides, config_from_dict
+from anchorlab.config import Config, ConfigError, apply_overrides, config_from_dict, override_keys
 from anchorlab.data.categories import align_categories
 from anchorlab.engine.common import (
     declares_split,
@@ -52,7 +52,37 @@ from anchorlab.io import make_dir, write_text
 #: What results.json records of the data: enough to load the val split again (the report's pictures).
 _DATA_KEYS = ("train", "val", "images", "format", "split", "classes", "policy", "max_pixels")
 
-__all__ = ["compare", "config_hash", "json_safe", "measure_speed", "pr_curve", "resolve_config"]
+__all__ = [
+    "compare",
+    "config_hash",
+    "default_budget",
+    "json_safe",
+    "measure_speed",
+    "pr_curve",
+    "resolve_config",
+]
+
+
+def default_budget(data: str | Path | None, base_config: str | Path | None = None) -> str:
+    """The budget when none is given: ``auto`` for the user's data (``--data`` or ``--config``), else
+    ``quick`` (the built-in synthetic data)."""
+    return "auto" if data is not None or base_config is not None else "quick"
+
+
+#: Training splits read by ``resolve_config`` for the auto budget, by data section + file stamp.
+_SPLITS: dict[str, Any] = {}
+
+
+def _train_split(cfg: Config):
+    """``load_split(cfg, "train")``, cached for the configs of one comparison (same data section, same
+    file size and mtime)."""
+    path = Path(cfg.data.train or "")
+    stamp = [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
+    key = json.dumps([cfg.data.model_dump(mode="json"), stamp], sort_keys=True, default=str)
+    if key not in _SPLITS:
+        _SPLITS.clear()
+        _SPLITS[key] = load_split(cfg, "train")
+    return _SPLITS[key]
 
 
 def resolve_config(
@@ -64,9 +94,12 @@ def resolve_config(
     base_config: str | Path | None = None,
     overrides: Sequence[str] = (),
     out: str | Path = "runs/compare",
+    auto_report: list[Any] | None = None,
 ) -> Config:
     """The config ``detector`` trains with: the budget's (or ``base_config``'s) data + train sections,
-    the detector's preset model section, ``overrides`` (``key=value``), ``train.out = OUT/<detector>``."""
+    the detector's preset model section, ``overrides`` (``key=value``), ``train.out = OUT/<detector>``.
+    The ``auto`` budget is then sized to the training split (``compare.auto.apply_auto``; the keys in
+    ``overrides`` are kept); its ``AutoBudget`` is appended to ``auto_report`` when given."""
     check_budget(budget)
     tree: dict[str, Any] = budget_tree(budget)
     val_from_base = False
@@ -89,6 +122,8 @@ def resolve_config(
     if val is not None:
         tree["data"]["val"] = str(val)
     tree["model"] = model_tree(detector, budget)
+    if budget == "auto":  # also when --config replaced the train section
+        tree["train"]["preset"] = "auto"
     apply_overrides(tree, list(overrides))
     tree["train"]["out"] = str(Path(out) / detector)
     cfg = config_from_dict(tree, source=f"compare {detector} ({budget} budget)")
@@ -101,6 +136,13 @@ def resolve_config(
         raise ConfigError(
             "compare evaluates every detector on one val split: pass --val VAL (any format --data takes)"
         )
+    if cfg.train.preset == "auto":
+        from anchorlab.compare.auto import apply_auto
+
+        cfg.pin(override_keys(list(overrides)))
+        budget_choice = apply_auto(cfg, _train_split(cfg))
+        if auto_report is not None:
+            auto_report.append(budget_choice)
     return cfg
 
 
@@ -243,6 +285,24 @@ def _assignment(cfg: Config, out: Path, console: Console) -> dict[str, Any]:
     return report
 
 
+def _budget_notes(budget: str, cfg: Config, auto: Any, console: Console) -> list[str]:
+    """Print the auto budget's line, or warn when a fixed-size budget shrinks the user's images; returns
+    the warnings (recorded in results.json and the report)."""
+    from anchorlab.compare.auto import downscale_warning
+
+    if auto is not None:
+        console.print(auto.line(), soft_wrap=True)
+        warnings = list(auto.warnings)
+    elif cfg.data.synthetic is None and budget != "standard":
+        note = downscale_warning(_train_split(cfg), cfg, budget)
+        warnings = [note] if note else []
+    else:
+        warnings = []
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    return warnings
+
+
 def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -258,7 +318,7 @@ def _progress(console: Console) -> Progress:
 def compare(
     detectors: Sequence[str],
     *,
-    budget: str = "quick",
+    budget: str | None = None,
     data: str | Path | None = None,
     val: str | Path | None = None,
     out: str | Path = "runs/compare",
@@ -279,6 +339,8 @@ def compare(
     ``jobs`` > 1 trains that many detectors at once in spawned processes (``compare.parallel``), each with
     ``threads`` torch threads (default: the cores / jobs); evaluation and timing follow in this process,
     one detector at a time. Recorded as ``results["jobs"]`` and per run (train times then share the CPU).
+    ``budget`` None: ``auto`` with ``data`` or ``base_config`` (sized to the data, one line printed),
+    else ``quick``; a fixed-size budget that shrinks the user's images prints a warning with the factor.
     Raises ``ValueError`` for unknown detector names and ``ConfigError`` when no detector's config
     resolves (a bad ``--set`` or missing data); a single detector's failure is recorded, not raised.
     """
@@ -293,6 +355,7 @@ def compare(
             f"unknown detector {', '.join(map(repr, unknown)) or '(none given)'}; "
             f"available detectors: {', '.join(DETECTORS)}"
         )
+    budget = budget or default_budget(data, base_config)
     check_budget(budget)
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -301,9 +364,10 @@ def compare(
     out = Path(out)
     kwargs = {"budget": budget, "data": data, "val": val, "base_config": base_config, "overrides": overrides}
     configs: dict[str, Config | ConfigError] = {}
+    auto: list[Any] = []
     for det in detectors:
         try:
-            configs[det] = resolve_config(det, out=out, **kwargs)
+            configs[det] = resolve_config(det, out=out, auto_report=auto, **kwargs)
         except ConfigError as exc:
             configs[det] = exc
         else:
@@ -314,6 +378,7 @@ def compare(
         raise next(iter(configs.values()))  # type: ignore[misc]
     make_dir(out)
     ensure_synthetic(resolved[0])  # before hashing: the data files' mtimes are part of the hash
+    warnings = _budget_notes(budget, resolved[0], auto[0] if auto else None, console)
 
     runs: dict[str, dict[str, Any]] = {}
     progress = _progress(console) if show_progress else None
@@ -375,6 +440,8 @@ def compare(
                 "train": {k: v for k, v in shared.train.model_dump(mode="json").items() if k != "out"},
             },
             "runs": runs,
+            "auto": auto[0].to_dict() if auto else None,
+            "warnings": warnings,
             "assignment": assignment,
             "environment": environment(),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -223,13 +223,16 @@ def prepare_data(cfg: Config):
     Everything that would otherwise fail after training is checked here, before it starts: every val
     image is decoded (unreadable ones follow ``data.policy``), val categories are matched to train's by
     id (``align_categories``: extra ids in use are an error naming them), and class names and paths are
-    checked printable (``check_printable``)."""
+    checked printable (``check_printable``).
+    ``train.preset: auto`` is resolved here against the training split (``compare.auto.apply_auto``)."""
     from anchorlab.data import align_categories, check_printable
 
     ensure_synthetic(cfg)
     if cfg.data.val is not None and not Path(cfg.data.val).exists():
         raise FileNotFoundError(f"data.val: {cfg.data.val} does not exist")
     train = load_split(cfg, "train")
+    if cfg.train.preset == "auto":
+        announce_auto(cfg, train)
     val = load_split(cfg, "val", check_images="decode") if cfg.data.val else None
     if val is not None:
         val = align_categories(val, train.categories, model=f"the training data {cfg.data.train}")
@@ -242,6 +245,28 @@ def prepare_data(cfg: Config):
             f"has {train.num_classes} categories"
         )
     return train, val
+
+
+def announce_auto(cfg: Config, train_set) -> None:
+    """Apply the auto budget to ``cfg`` in place; the main process prints its one line (and warnings) and
+    records it as OUT/auto_budget.json when the run folder exists (in its ``.incoming/`` staging folder
+    while a replacing run has not written its first checkpoint, so an earlier run stays untouched)."""
+    from rich.console import Console
+
+    from anchorlab import distributed as dist_utils
+    from anchorlab.compare.auto import apply_auto
+
+    budget = apply_auto(cfg, train_set)
+    if not dist_utils.is_main():
+        return
+    console = Console(stderr=True)
+    console.print(budget.line(), soft_wrap=True)
+    for warning in budget.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    out = Path(cfg.train.out)
+    if out.is_dir():
+        folder = out / ".incoming" if (out / ".incoming").is_dir() else out
+        write_json(folder / "auto_budget.json", budget.to_dict())
 
 
 def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:

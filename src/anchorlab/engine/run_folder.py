@@ -39,7 +39,16 @@ RUN_FILES = (
     "config.yaml",
     "environment.json",
     "fit_anchors.json",
+    "auto_budget.json",
+    "init_from.json",
     "tensorboard",
+    "report.html",
+    "report.json",
+    "curves_loss.png",
+    "curves_ap.png",
+    "pr_curves.png",
+    "confusion_matrix.png",
+    "val_predictions.png",
 )
 #: Files whose presence means the folder holds a run.
 _RUN_MARKERS = (LAST, LEGACY, BEST, "log.jsonl", "summary.json", "config.yaml")

@@ -39,7 +39,7 @@ def resolve_config(config_or_path: str | Path | Config | Mapping[str, Any], **ov
                 "(e.g. train__iterations=10); run options are out, resume, exist_ok, evaluate, show_progress"
             )
         _set(tree, name.replace("__", "."), value)
-    return config_from_dict(tree, source)
+    return config_from_dict(tree, source).pin({name.replace("__", ".") for name in overrides})
 
 
 def train(

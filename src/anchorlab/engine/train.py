@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -566,6 +567,18 @@ class Trainer:
         self.checkpointer.save("last", state)
 
     # -- the end -------------------------------------------------------------------------------------
+    def _write_report(self) -> None:
+        """The run's pictures and report.html; a failure there is a warning (the run itself is complete)."""
+        from anchorlab.report.run import write_run_report
+
+        try:
+            write_run_report(self.cfg.train.out, device=str(self.device), console=self.console)
+        except Exception as exc:  # the checkpoints and summary are written: never lose the run to a plot
+            self.console.print(
+                f"[yellow]warning:[/] the run report was not written: {escape(str(exc))}; "
+                f"retry with: anchorlab report {escape(str(self.cfg.train.out))}"
+            )
+
     def finish(self) -> dict[str, Any]:
         """The final evaluation (unless the last iteration was just evaluated), summary.json, ``on_end``."""
         train_time = self.clock.tick()
@@ -597,6 +610,8 @@ class Trainer:
             summary["metrics"] = getattr(self, "metrics", {})
         if self.folder is not None:
             write_json(self.folder.path("summary.json"), summary)
+            if self.tracker.enabled:
+                self._write_report()
         self.hooks.on_end(summary)
         return summary
 

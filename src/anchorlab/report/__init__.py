@@ -1,4 +1,5 @@
-"""Reports: the assignment report (every strategy on a dataset's ground truth) and its pictures."""
+"""Reports: the assignment report (every strategy on a dataset's ground truth) and its pictures; the
+report of one training run (``write_run_report``, ``anchorlab report RUN_DIR``)."""
 
 from anchorlab.report.assignment import (
     SIZE_BUCKETS,
@@ -8,6 +9,7 @@ from anchorlab.report.assignment import (
     image_assignment,
 )
 from anchorlab.report.pictures import save_pictures
+from anchorlab.report.run import write_run_report
 
 __all__ = [
     "SIZE_BUCKETS",
@@ -16,4 +18,5 @@ __all__ = [
     "assignment_report",
     "image_assignment",
     "save_pictures",
+    "write_run_report",
 ]
