@@ -71,6 +71,7 @@ class AnchorGenerator:
         aspect_ratios: per level, the ratios ``h / w``; a single entry is broadcast to every level.
         strides: per level, the feature stride in input pixels.
         offset: grid offset in cells (0 = top-left of the cell, 0.5 = its centre).
+        round_base: round the base anchors' corners to integers (torchvision's AnchorGenerator).
 
     ``grid_anchors`` returns ``[R, 4]`` xyxy anchors in the fixed order of the module docstring and
     caches them per ``(feature sizes, device, dtype)`` (a small LRU): the returned tensor is shared,
@@ -83,6 +84,7 @@ class AnchorGenerator:
         aspect_ratios: Sequence[Sequence[float]],
         strides: Sequence[int],
         offset: float = 0.0,
+        round_base: bool = False,
     ) -> None:
         sizes = [tuple(float(s) for s in level) for level in sizes]
         ratios = [tuple(float(r) for r in level) for level in aspect_ratios]
@@ -104,6 +106,7 @@ class AnchorGenerator:
         self.aspect_ratios: tuple[tuple[float, ...], ...] = tuple(ratios)
         self.strides: tuple[int, ...] = tuple(int(s) for s in strides)
         self.offset = float(offset)
+        self.round_base = bool(round_base)
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     @classmethod
@@ -115,6 +118,7 @@ class AnchorGenerator:
         scales_per_octave: int = 3,
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         offset: float = 0.0,
+        round_base: bool = False,
     ) -> AnchorGenerator:
         """RetinaNet anchors: at level ``l`` (stride ``2**l``) sizes ``octave_base_scale * 2**l * 2**(i / n)``
         for ``i < n = scales_per_octave`` (32, 40.3, 50.8 at P3 by default), 9 anchors per location."""
@@ -127,12 +131,12 @@ class AnchorGenerator:
         strides = [2**level for level in levels]
         octaves = [2 ** (i / scales_per_octave) for i in range(scales_per_octave)]
         sizes = [[octave_base_scale * s * o for o in octaves] for s in strides]
-        return cls(sizes, [list(aspect_ratios)] * len(strides), strides, offset=offset)
+        return cls(sizes, [list(aspect_ratios)] * len(strides), strides, offset=offset, round_base=round_base)
 
     def __repr__(self) -> str:
         return (
             f"AnchorGenerator(sizes={self.sizes}, aspect_ratios={self.aspect_ratios}, "
-            f"strides={self.strides}, offset={self.offset})"
+            f"strides={self.strides}, offset={self.offset}, round_base={self.round_base})"
         )
 
     @property
@@ -152,7 +156,8 @@ class AnchorGenerator:
         sqrt_r = ratio.sqrt()
         w = (size[:, None] / sqrt_r[None, :]).reshape(-1)
         h = (size[:, None] * sqrt_r[None, :]).reshape(-1)
-        return torch.stack((-w / 2, -h / 2, w / 2, h / 2), dim=1)
+        base = torch.stack((-w / 2, -h / 2, w / 2, h / 2), dim=1)
+        return base.round() if self.round_base else base
 
     def _check(self, feature_sizes: Sequence[Sequence[int]]) -> _FeatureSizes:
         sizes = _normalise_sizes(feature_sizes)

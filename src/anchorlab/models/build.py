@@ -37,13 +37,16 @@ def build_anchor_generator(cfg: ModelConfig) -> AnchorGenerator:
                 f"model.anchors.sizes has {len(cfg.anchors.sizes)} levels but the FPN has {len(levels)} "
                 f"(P{cfg.fpn.min_level}..P{cfg.fpn.max_level})"
             )
-        return AnchorGenerator(cfg.anchors.sizes, ratios, [2**level for level in levels])
+        return AnchorGenerator(
+            cfg.anchors.sizes, ratios, [2**level for level in levels], round_base=cfg.anchors.round
+        )
     return AnchorGenerator.retinanet(
         min_level=cfg.fpn.min_level,
         max_level=cfg.fpn.max_level,
         octave_base_scale=cfg.anchors.octave_base_scale,
         scales_per_octave=cfg.anchors.scales_per_octave,
         aspect_ratios=cfg.anchors.aspect_ratios,
+        round_base=cfg.anchors.round,
     )
 
 
@@ -92,6 +95,7 @@ def _retina_family(cfg: ModelConfig, loss_mode: str) -> Detector:
         channels=cfg.head.channels,
         num_convs=cfg.head.num_convs,
         norm=cfg.head.norm,
+        conv_bias=cfg.head.conv_bias,
         prior_prob=cfg.head.prior_prob,
         loss_mode=loss_mode,
         coder=BoxCoder(stds=cfg.box_coder_stds),
@@ -141,6 +145,7 @@ def _fcos(cfg: ModelConfig) -> Detector:
         channels=cfg.head.channels,
         num_convs=cfg.head.num_convs,
         norm=cfg.head.norm,
+        conv_bias=cfg.head.conv_bias,
         prior_prob=cfg.head.prior_prob,
         regress_ranges=cfg.fcos.regress_ranges,
         center_sampling_radius=cfg.fcos.center_sampling_radius,
@@ -151,6 +156,7 @@ def _fcos(cfg: ModelConfig) -> Detector:
         focal_gamma=cfg.loss.focal_gamma,
         cls_weight=cfg.loss.cls_weight,
         box_weight=cfg.loss.box_weight,
+        point_offset=cfg.fcos.point_offset,
     )
     return _detector(cfg, backbone, head, None)
 
@@ -182,6 +188,7 @@ def _grid(cfg: ModelConfig) -> Detector:
         channels=cfg.head.channels,
         num_convs=cfg.head.num_convs,
         norm=cfg.head.norm,
+        conv_bias=cfg.head.conv_bias,
         prior_prob=cfg.head.prior_prob,
         size_ranges=g.size_ranges,
         move_losers=g.move_losers,
@@ -204,7 +211,9 @@ def _faster_rcnn(cfg: ModelConfig) -> Detector:
     sizes = cfg.anchors.sizes or [[8.0 * 2**level] for level in levels]
     if len(sizes) != len(levels):
         raise ValueError(f"model.anchors.sizes has {len(sizes)} levels but the FPN has {len(levels)}")
-    anchors = AnchorGenerator(sizes, [list(cfg.anchors.aspect_ratios)], [2**level for level in levels])
+    anchors = AnchorGenerator(
+        sizes, [list(cfg.anchors.aspect_ratios)], [2**level for level in levels], round_base=cfg.anchors.round
+    )
     per_location = set(anchors.num_anchors_per_location())
     if len(per_location) != 1:
         raise ValueError(
@@ -241,6 +250,7 @@ def _faster_rcnn(cfg: ModelConfig) -> Detector:
         smooth_l1_beta=o.smooth_l1_beta,
         cls_weight=o.cls_weight,
         box_weight=o.box_weight,
+        void_classes=o.void_classes,
     )
     head = FasterRCNNHead(rpn, roi, backbone.strides[0])
     return _detector(cfg, backbone, head, anchors)

@@ -84,6 +84,7 @@ class GridHead(nn.Module):
         channels: int = 256,
         num_convs: int = 2,
         norm: str = "gn",
+        conv_bias: bool | None = None,
         prior_prob: float = 0.01,
         size_ranges: Sequence[tuple[float, float]] | None = None,
         move_losers: bool = False,
@@ -96,7 +97,7 @@ class GridHead(nn.Module):
         if box_loss not in GRID_BOX_LOSSES:
             raise ValueError(f"grid box_loss {box_loss!r} is not one of {', '.join(GRID_BOX_LOSSES)}")
         self.num_classes = num_classes
-        self.tower = _tower(in_channels, channels, num_convs, norm)
+        self.tower = _tower(in_channels, channels, num_convs, norm, conv_bias)
         last = channels if num_convs > 0 else in_channels
         self.pred = nn.Conv2d(last, 1 + num_classes + 4, 3, padding=1)
         nn.init.normal_(self.pred.weight, std=0.01)
