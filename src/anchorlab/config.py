@@ -215,6 +215,9 @@ class InferenceConfig(_Section):
     topk_per_level: int = Field(1000, gt=0)
     nms_iou: float = Field(0.5, gt=0, le=1)
     max_detections: int = Field(100, gt=0)
+    #: Keep detections that clipping to the image made empty (zero width or height), as torchvision's
+    #: RetinaNet and FCOS do; imports of those set it for exact parity.
+    keep_empty_boxes: bool = False
 
 
 class ModelConfig(_Section):

@@ -145,9 +145,9 @@ class ExportWrapper(nn.Module):
         upper = torch.stack((width, height, width, height)).to(boxes.dtype)
         boxes = torch.minimum(boxes.clamp(min=0), upper)
         image = torch.arange(num_images, device=boxes.device)[:, None].expand_as(labels)
-        keep = (
-            (scores > s["score_thresh"]) & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
-        )
+        keep = scores > s["score_thresh"]
+        if not s.get("keep_empty_boxes", False):
+            keep = keep & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
         boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
         if s["nms_iou"] is not None:
             # Class-wise and image-wise in one NMS: shift each class along x and each image along y by

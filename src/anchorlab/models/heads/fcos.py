@@ -234,6 +234,7 @@ class FCOSHead(nn.Module):
         nms_iou: float = 0.5,
         max_detections: int = 100,
         return_pre_nms: bool = False,
+        keep_empty_boxes: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image (``boxes [D, 4]`` xyxy clipped, ``scores [D]``, ``labels [D]``,
         ``D <= max_detections``); scores ``sqrt(sigmoid(cls) * sigmoid(centerness))``, per image and level
@@ -257,4 +258,5 @@ class FCOSHead(nn.Module):
             nms_iou=nms_iou,
             max_detections=max_detections,
             return_pre_nms=return_pre_nms,
+            keep_empty_boxes=keep_empty_boxes,
         )

@@ -217,6 +217,7 @@ class GridHead(nn.Module):
         nms_iou: float = 0.5,
         max_detections: int = 100,
         return_pre_nms: bool = False,
+        keep_empty_boxes: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image (``boxes [D, 4]`` xyxy clipped, ``scores [D]``, ``labels [D]``,
         ``D <= max_detections``); score ``sigmoid(obj) * sigmoid(cls)``, per image and level the
@@ -239,4 +240,5 @@ class GridHead(nn.Module):
             nms_iou=nms_iou,
             max_detections=max_detections,
             return_pre_nms=return_pre_nms,
+            keep_empty_boxes=keep_empty_boxes,
         )

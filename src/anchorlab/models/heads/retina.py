@@ -257,6 +257,7 @@ class RetinaHead(nn.Module):
         nms_iou: float = 0.5,
         max_detections: int = 100,
         return_pre_nms: bool = False,
+        keep_empty_boxes: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image: ``boxes [D, 4]`` xyxy clipped to the image's ``(h, w)``, ``scores [D]``,
         ``labels [D]``, ``D <= max_detections``, sorted by decreasing score.
@@ -285,4 +286,5 @@ class RetinaHead(nn.Module):
             nms_iou=nms_iou,
             max_detections=max_detections,
             return_pre_nms=return_pre_nms,
+            keep_empty_boxes=keep_empty_boxes,
         )
