@@ -85,4 +85,4 @@ def test_coco_recipes_start_from_imagenet():
     for path in CONFIGS:
         cfg = load_config(path)
         if cfg.model.backbone.norm == "frozen_bn" or cfg.model.backbone.trainable_layers < 5:
-            assert cfg.model.backbone.weights == "imagenet", path.name
+            assert cfg.model.backbone.weights == "imagenet" or cfg.model.init_from, path.name

@@ -50,6 +50,7 @@ from anchorlab.engine.schedule import build_optimizer, build_scheduler
 from anchorlab.engine.tb import TensorBoardLogger, tensorboard_logger
 from anchorlab.io import write_text
 from anchorlab.models import build_detector
+from anchorlab.models.init_from import apply_init_from
 
 __all__ = ["TrainingError", "train"]
 
@@ -190,6 +191,7 @@ def _train(
     if cfg.model.fit_anchors:
         _fit_priors(cfg, train_set, out, console if main else None)
     model = build_detector(cfg).to(device)
+    apply_init_from(model, cfg, console if main else None)  # model.init_from: load what fits, report
     if world > 1 and device.type == "cuda" and cfg.model.backbone.norm == "bn":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg.train)

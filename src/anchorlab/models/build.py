@@ -51,10 +51,12 @@ def build_anchor_generator(cfg: ModelConfig) -> AnchorGenerator:
 
 
 def _backbone(cfg: ModelConfig) -> BackboneFPN:
-    """The backbone + FPN every detector shares (``model.backbone``, ``model.fpn``)."""
+    """The backbone + FPN every detector shares (``model.backbone``, ``model.fpn``); with
+    ``model.init_from`` the backbone weights come from that file (``models/init_from.py``), never read or
+    downloaded here."""
     return build_backbone(
         cfg.backbone.name,
-        weights=cfg.backbone.weights,
+        weights=cfg.backbone.weights if cfg.init_from is None else None,
         norm=cfg.backbone.norm,
         trainable_layers=cfg.backbone.trainable_layers,
         fpn_channels=cfg.fpn.channels,

@@ -23,7 +23,7 @@ import torch
 __all__ = ["WeightsDownloadError", "cache_dir", "hub_state_dict", "read_state_dict"]
 
 
-class WeightsDownloadError(RuntimeError):
+class WeightsDownloadError(OSError):
     """Published weights that could not be fetched or verified; one line naming the cache file."""
 
 

@@ -280,8 +280,8 @@ TORCHVISION_MODELS: dict[str, TorchvisionModel] = {
     "retinanet_resnet50_fpn_v2": TorchvisionModel(
         name="retinanet_resnet50_fpn_v2",
         reason=(
-            "its P6 is computed from C5 (LastLevelP6P7(2048, 256)) while anchorlab's P6 comes from P5, "
-            "and its BatchNorm-free C5->P6 conv has 2048 input channels anchorlab has no layer for"
+            "its P6 is a 3x3 conv on C5 (LastLevelP6P7(2048, 256)) while anchorlab computes P6 from P5, "
+            "so its P6/P7 weights have no place in anchorlab's pyramid"
         ),
     ),
     "fasterrcnn_resnet50_fpn_v2": TorchvisionModel(
