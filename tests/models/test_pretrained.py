@@ -121,3 +121,34 @@ def test_a_file_of_another_model_is_a_clear_error(tmp_path: Path) -> None:
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     with pytest.raises(TorchvisionImportError, match="does not fit torchvision's fcos_resnet50_fpn"):
         import_torchvision("fcos_resnet50_fpn", tmp_path / "r18.pth")
+
+
+def test_cli_import_offline_and_refusals(monkeypatch, tmp_path: Path) -> None:
+    import urllib.error
+
+    from typer.testing import CliRunner
+
+    from anchorlab.cli import app
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no internet")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    runner = CliRunner()
+    out = tmp_path / "coco.pt"
+    result = runner.invoke(app, ["weights", "import", "torchvision:fcos_resnet50_fpn", "--out", str(out)])
+    assert result.exit_code == 1 and not out.exists()
+    message = " ".join(result.output.split())
+    assert (
+        "fcos_resnet50_fpn_coco-99b0c9b7.pth" in message and "hub" in message and "Traceback" not in message
+    )
+    result = runner.invoke(
+        app, ["weights", "import", "torchvision:retinanet_resnet50_fpn_v2", "--out", str(out)]
+    )
+    assert result.exit_code == 1 and "P6" in result.output
+    result = runner.invoke(app, ["weights", "import", "detectron2:retinanet", "--out", str(out)])
+    assert result.exit_code == 1 and "torchvision:<name>" in result.output
+    out.write_text("mine")
+    result = runner.invoke(app, ["weights", "import", "torchvision:fcos_resnet50_fpn", "--out", str(out)])
+    assert result.exit_code == 1 and "--force" in result.output and out.read_text() == "mine"
