@@ -94,6 +94,10 @@ class AnchorConfig(_Section):
     #: Round the base anchors' corners to integers, as torchvision's AnchorGenerator does (imports of
     #: torchvision detectors set it for exact parity).
     round: bool = False
+    #: Space each level's priors by (padded canvas // feature size) per axis, as torchvision's
+    #: AnchorGenerator does (61 instead of 64 on P6 of an 800-px canvas); imports set it for parity.
+    #: RetinaNet, FreeAnchor, FCOS and Faster R-CNN; not exportable to ONNX.
+    canvas_strides: bool = False
 
 
 class AssignConfig(_Section):

@@ -3,8 +3,9 @@
 Each torchvision model is built with ``weights=None, weights_backbone=None`` and a seeded random state
 (BatchNorm statistics randomised, head weights scaled so that detections exist above the score
 threshold, torchvision's unused "N/A" class ids pushed far below it as in its published weights), saved
-to a local ``.pth`` and imported; no download. Images are 128 px high (canvas 128 x 256, a multiple of
-128: see ``models/pretrained.py`` on torchvision's P6/P7 strides), and torchvision resizes them by 1.0.
+to a local ``.pth`` and imported; no download. The images are 128 px high and 160 / 136 px wide, so that
+torchvision resizes them by 1.0; their 128 x 160 canvas is not a multiple of P6's stride (torchvision's
+P6 anchors are then 53 px apart across, which ``anchors.canvas_strides`` reproduces).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def random_torchvision(name: str, seed: int = 0) -> torch.nn.Module:
     """torchvision's ``name`` with a seeded random state that yields detections, in eval mode."""
     torch.manual_seed(seed)
     model = torchvision.models.get_model(
-        name, weights=None, weights_backbone=None, num_classes=91, min_size=128, max_size=256
+        name, weights=None, weights_backbone=None, num_classes=91, min_size=128, max_size=160
     )
     with torch.no_grad():
         for module in model.modules():
@@ -101,7 +102,7 @@ def test_imported_detector_equals_torchvision(name: str, tmp_path: Path) -> None
     assert weights["categories"][-1] == {"id": 90, "name": "toothbrush"}
     model = anchorlab_model(weights)
     g = torch.Generator().manual_seed(1)
-    images = [torch.rand(3, 128, 256, generator=g), torch.rand(3, 128, 192, generator=g)]
+    images = [torch.rand(3, 128, 160, generator=g), torch.rand(3, 128, 136, generator=g)]
     with torch.no_grad():
         expected = reference(images)
         got = model.predict(images)

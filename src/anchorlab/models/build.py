@@ -77,6 +77,7 @@ def _detector(
         pixel_std=cfg.pixel_std,
         channels_last=cfg.channels_last,
         inference=cfg.inference.model_dump(),
+        canvas_strides=cfg.anchors.canvas_strides,
     )
 
 
@@ -301,6 +302,10 @@ DETECTORS: dict[str, Callable[[ModelConfig], Detector]] = {
 }
 
 
+#: Detectors whose priors can follow torchvision's canvas-derived strides (``model.anchors.canvas_strides``).
+_CANVAS_STRIDES = ("retinanet", "free_anchor", "fcos", "faster_rcnn")
+
+
 def build_detector(cfg: Config | ModelConfig) -> Detector:
     """The detector described by ``cfg.model`` (a full ``Config``) or by a ``ModelConfig``."""
     model_cfg = cfg.model if isinstance(cfg, Config) else cfg
@@ -315,6 +320,11 @@ def build_detector(cfg: Config | ModelConfig) -> Detector:
         raise ValueError(
             f"model.sampler {model_cfg.sampler!r} applies to the retinanet detector only, "
             f"not {model_cfg.detector!r}; use model.sampler=none"
+        )
+    if model_cfg.anchors.canvas_strides and model_cfg.detector not in _CANVAS_STRIDES:
+        raise ValueError(
+            f"model.anchors.canvas_strides applies to {', '.join(_CANVAS_STRIDES)}, "
+            f"not {model_cfg.detector!r}"
         )
     if model_cfg.num_classes is None:
         raise ValueError(

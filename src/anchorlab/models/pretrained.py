@@ -172,7 +172,12 @@ TORCHVISION_MODELS: dict[str, TorchvisionModel] = {
             "backbone": _R50_FROZEN,
             "fpn": _P3_P7,
             "head": {"channels": 256, "num_convs": 4, "norm": "none", "prior_prob": 0.01},
-            "anchors": {"sizes": _RETINA_SIZES, "aspect_ratios": [0.5, 1.0, 2.0], "round": True},
+            "anchors": {
+                "sizes": _RETINA_SIZES,
+                "aspect_ratios": [0.5, 1.0, 2.0],
+                "round": True,
+                "canvas_strides": True,
+            },
             "assign": {"pos_iou": 0.5, "neg_iou": 0.4, "low_quality": True},
             "loss": {"focal_alpha": 0.25, "focal_gamma": 2.0, "box": "l1"},
             "box_coder_stds": [1.0, 1.0, 1.0, 1.0],
@@ -205,6 +210,7 @@ TORCHVISION_MODELS: dict[str, TorchvisionModel] = {
             "backbone": _R50_FROZEN,
             "fpn": _P3_P7,
             "head": {"channels": 256, "num_convs": 4, "norm": "gn", "prior_prob": 0.01, "conv_bias": True},
+            "anchors": {"canvas_strides": True},
             "fcos": {"point_offset": 0.0, "center_sampling_radius": 1.5, "norm_on_bbox": True},
             "loss": {"focal_alpha": 0.25, "focal_gamma": 2.0, "box": "giou"},
             "inference": {
@@ -236,6 +242,7 @@ TORCHVISION_MODELS: dict[str, TorchvisionModel] = {
                 "sizes": [[32], [64], [128], [256], [512]],
                 "aspect_ratios": [0.5, 1.0, 2.0],
                 "round": True,
+                "canvas_strides": True,
             },
             "rpn": {
                 "pos_iou": 0.7,

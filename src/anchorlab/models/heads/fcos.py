@@ -159,10 +159,18 @@ class FCOSHead(nn.Module):
         strides: Sequence[int],
         device: torch.device,
         dtype: torch.dtype,
+        grid_strides: Sequence[tuple[int, int]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(points [R, 2] (x, y) at ``(cell + point_offset) * stride``, point_strides [R])`` in the outputs'
         order (``point_offset`` 0.5: cell centres)."""
-        return grid_points(feature_sizes, strides, device=device, dtype=dtype, offset=self.point_offset)
+        return grid_points(
+            feature_sizes,
+            strides,
+            device=device,
+            dtype=dtype,
+            offset=self.point_offset,
+            grid_strides=grid_strides,
+        )
 
     # -- training ----------------------------------------------------------------------------------
     def loss(
