@@ -153,3 +153,35 @@ def test_cli_import_offline_and_refusals(monkeypatch, tmp_path: Path) -> None:
     out.write_text("mine")
     result = runner.invoke(app, ["weights", "import", "torchvision:fcos_resnet50_fpn", "--out", str(out)])
     assert result.exit_code == 1 and "--force" in result.output and out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("detector", ["fcos", "retinanet"])
+def test_torchvision_parity_keys_export_to_onnx(detector: str, tmp_path: Path) -> None:
+    """The ONNX graph follows the keys imports set: points at cell corners, canvas-derived spacing (on a
+    128 x 160 canvas), rounded anchors, empty boxes kept (a small ResNet-18 model stands in for R-50)."""
+    pytest.importorskip("onnxruntime")
+    from anchorlab.config import load_config
+    from anchorlab.export import check_onnx, export_onnx
+
+    cfg = load_config(
+        None,
+        [
+            f"model.detector={detector}",
+            "model.num_classes=3",
+            "model.fpn.channels=16",
+            "model.head.channels=16",
+            "model.head.num_convs=1",
+            "model.head.norm=gn",
+            "model.head.conv_bias=true",
+            "model.head.prior_prob=0.3",
+            "model.anchors.round=true",
+            "model.anchors.canvas_strides=true",
+            "model.fcos.point_offset=0.0",
+            "model.inference.keep_empty_boxes=true",
+        ],
+    )
+    torch.manual_seed(0)
+    model = build_detector(cfg).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", mode="full", image_size=(128, 160), batch_size=2)
+    report = check_onnx(model, path, image_size=(128, 160))
+    assert report["same"] and report["detections"] > 10, report

@@ -22,10 +22,12 @@ What differs and how the config absorbs it:
 * Faster R-CNN's P6 is a stride-2 subsampling of P5 (``LastLevelMaxPool``); anchorlab's P6 conv gets
   the identity kernel (centre tap 1), which computes exactly that.
 
+* torchvision spaces each level's anchors by ``canvas // feature size`` per axis (61 instead of 64 on
+  P6 of an 800-px canvas): ``model.anchors.canvas_strides``. RetinaNet and FCOS keep boxes that
+  clipping made empty: ``model.inference.keep_empty_boxes``.
+
 Detections then equal torchvision's given the same resized image, as long as torchvision's N/A ids
-never score above the threshold (true of its published weights, which never saw them as positives)
-and the padded canvas is a multiple of 128 px for P3-P7 models: torchvision derives each level's
-anchor stride as ``canvas // feature size``, which is not 64 / 128 on P6 / P7 of other canvases.
+never score above the threshold (true of its published weights, which never saw them as positives).
 
 The source is torchvision's published file in torch's hub cache (downloaded on first use, see
 ``models/hub.py``) or a local ``.pth`` state dict; either is first loaded into torchvision's own model
