@@ -54,8 +54,13 @@ def match_state(
     return load, {"loaded": sorted(load), "reinitialised": reinit, "unused": unused}
 
 
+#: Parameter names whose shape follows the class count (RetinaNet/FCOS/grid/HNM classifiers, Faster
+#: R-CNN's class scores and per-class boxes, CenterNet's heatmap).
+_CLASS_LAYERS = ("cls_logits", "cls_score", "roi.bbox_pred", "heatmap")
+
+
 def _class_specific(key: str) -> bool:
-    return any(part in key for part in ("cls_logits", "cls_score", "roi.bbox_pred", "heatmap", "obj"))
+    return any(part in key for part in _CLASS_LAYERS)
 
 
 def _table(report: dict[str, Any]) -> Table:
