@@ -282,6 +282,10 @@ class DataConfig(_Section):
     images: str | None = None
     min_size: int | list[int] = 800
     max_size: int = Field(1333, gt=0)
+    #: Evaluation / prediction resize: "antialias" (rounded size, antialiased when shrinking) or
+    #: "torchvision" (its detection transform: floored float32-scaled size, plain bilinear; imports of
+    #: torchvision detectors set it for exact parity). Training always resizes with "antialias".
+    resize: Literal["antialias", "torchvision"] = "antialias"
     #: Multi-scale training: shorter side drawn uniformly from [lo, hi] (overrides min_size in training).
     scale_jitter: tuple[int, int] | None = None
     hflip: float = Field(0.5, ge=0, le=1)

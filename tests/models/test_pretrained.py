@@ -185,3 +185,38 @@ def test_torchvision_parity_keys_export_to_onnx(detector: str, tmp_path: Path) -
     path = export_onnx(model, tmp_path / "m.onnx", mode="full", image_size=(128, 160), batch_size=2)
     report = check_onnx(model, path, image_size=(128, 160))
     assert report["same"] and report["detections"] > 10, report
+
+
+def test_prediction_pipeline_equals_torchvision_on_image_files(tmp_path: Path) -> None:
+    """Image files through anchorlab's predict path (read_rgb, the config's resize, the model, boxes back
+    to the original image) against torchvision's model on the same files: one image enlarged, one
+    shrunk (torchvision's resize: floored size, no antialiasing = ``data.resize: torchvision``)."""
+    from torchvision.io import write_png
+
+    from anchorlab.data.loader import read_rgb
+    from anchorlab.data.transforms import boxes_to_original
+    from anchorlab.engine.checkpoint import save_checkpoint
+    from anchorlab.engine.evaluate import eval_transforms
+    from anchorlab.engine.predict import load_trained
+
+    reference = random_torchvision("retinanet_resnet50_fpn")
+    reference.transform.min_size, reference.transform.max_size = (160,), 200
+    torch.save(reference.state_dict(), tmp_path / "tv.pth")
+    weights = import_torchvision("retinanet_resnet50_fpn", tmp_path / "tv.pth")
+    assert weights["config"]["data"]["resize"] == "torchvision"
+    weights["config"]["data"].update(min_size=160, max_size=200)
+    save_checkpoint(tmp_path / "coco.pt", weights)
+    model, cfg, _ = load_trained(tmp_path / "coco.pt", "cpu")
+    transform = eval_transforms(cfg)
+    g = torch.Generator().manual_seed(2)
+    for i, (h, w) in enumerate([(100, 150), (300, 420)]):
+        path = tmp_path / f"{i}.png"
+        write_png((torch.rand(3, h, w, generator=g) * 255).to(torch.uint8), str(path))
+        image = read_rgb(path)
+        empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}
+        tensor, target = transform(image, {**empty, "crowd": torch.zeros((0, 4)), "image_id": i})
+        with torch.no_grad():
+            det = model.predict([tensor])[0]
+            expected = reference([image.float() / 255])[0]
+        det["boxes"] = boxes_to_original(det["boxes"], target["scale"])
+        assert_same_detections(expected, det)

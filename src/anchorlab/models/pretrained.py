@@ -164,7 +164,7 @@ _R50_FROZEN = {"name": "resnet50", "norm": "frozen_bn", "weights": "imagenet_v1"
 _P3_P7 = {"channels": 256, "min_level": 3, "max_level": 7}
 #: torchvision's RetinaNet anchors: (x, int(x 2^(1/3)), int(x 2^(2/3))) for x = 32 .. 512.
 _RETINA_SIZES = [[x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))] for x in (32, 64, 128, 256, 512)]
-_DATA = {"min_size": 800, "max_size": 1333}
+_DATA = {"min_size": 800, "max_size": 1333, "resize": "torchvision"}
 
 TORCHVISION_MODELS: dict[str, TorchvisionModel] = {
     "retinanet_resnet50_fpn": TorchvisionModel(
