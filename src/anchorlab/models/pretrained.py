@@ -21,12 +21,12 @@ What differs and how the config absorbs it:
   tower convs have a bias before GroupNorm: ``model.head.conv_bias: true``.
 * Faster R-CNN's P6 is a stride-2 subsampling of P5 (``LastLevelMaxPool``); anchorlab's P6 conv gets
   the identity kernel (centre tap 1), which computes exactly that.
-
 * torchvision spaces each level's anchors by ``canvas // feature size`` per axis (61 instead of 64 on
   P6 of an 800-px canvas): ``model.anchors.canvas_strides``. RetinaNet and FCOS keep boxes that
-  clipping made empty: ``model.inference.keep_empty_boxes``.
+  clipping made empty: ``model.inference.keep_empty_boxes``. Its resize floors a float32-scaled size
+  and interpolates the float image without antialiasing: ``data.resize: torchvision``.
 
-Detections then equal torchvision's given the same resized image, as long as torchvision's N/A ids
+Detections then equal torchvision's on the same image files, as long as torchvision's N/A ids
 never score above the threshold (true of its published weights, which never saw them as positives).
 
 The source is torchvision's published file in torch's hub cache (downloaded on first use, see
