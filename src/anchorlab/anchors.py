@@ -7,7 +7,8 @@ their outputs ``[B, A*C, H, W] -> [B, H*W*A, C]`` in exactly this order (permute
 Anchor index ``a`` at a location enumerates ``sizes x aspect_ratios`` size-major:
 ``a = size_index * len(ratios) + ratio_index``. An aspect ratio is ``h / w``; the area is kept at
 ``size**2``, so ``w = size / sqrt(ratio)`` and ``h = size * sqrt(ratio)``. Base anchors are not rounded
-(torchvision rounds them to integers; detectron2 does not).
+(detectron2's choice) unless ``round_base`` (torchvision rounds their corners to integers and
+enumerates ratio-major; imported torchvision models set ``round_base`` and reorder their head).
 
 Grid offset: the anchor centre of cell ``(y, x)`` is ``((x + offset) * stride, (y + offset) * stride)``.
 Anchors default to ``offset=0`` (the cell's top-left corner) like torchvision and detectron2's default;
