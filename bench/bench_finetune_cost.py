@@ -1,10 +1,10 @@
-"""Seconds per fine-tuning step of torchvision's RetinaNet R-50-FPN imported into anchorlab (docs/finetune.md).
+"""Seconds per fine-tuning step of torchvision's RetinaNet R-50-FPN imported into anchorlab.
 
 A random-state ``retinanet_resnet50_fpn`` (``weights=None``: nothing downloads) is imported with
 ``anchorlab.models.pretrained.import_torchvision``; per (image size, ``trainable_layers``) two SGD steps
 of 2 images (4:3) with 3 classes run after building, and the second is timed, then one inference.
 
-    python bench/finetune_cost.py --threads 1 --sizes 512 800 --trainable 0 3
+    python bench/bench_finetune_cost.py --threads 1 --sizes 512 800 --trainable 0 3
 """
 
 from __future__ import annotations
