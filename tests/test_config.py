@@ -144,3 +144,38 @@ def test_free_anchor_configs_match_their_table_rows(name):
     assert cfg.data.test.endswith("image_info_test-dev2017.json")
     header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
     assert all(f in header for f in figures) and "seeds" not in path.read_text()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["model.backbone.norm=frozen_bn"], ["model.backbone.trainable_layers=3"]],
+)
+def test_random_weights_with_frozen_layers_is_an_error_naming_the_fix(overrides):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.backbone.weights=null", *overrides])
+    msg = str(err.value)
+    assert "model.backbone.norm: bn" in msg and "trainable_layers: 5" in msg and "imagenet" in msg
+    # weights (ImageNet, a file) or init_from make the same settings valid
+    load_config(None, ["model.backbone.weights=imagenet", *overrides])
+    load_config(None, ["model.backbone.weights=./r50.pth", *overrides])
+    load_config(None, ["model.init_from=coco.pt", *overrides])
+
+
+def test_backbone_weights_values():
+    assert load_config(None, ["model.backbone.weights=ImageNet"]).model.backbone.weights == "imagenet"
+    assert load_config(None, ["model.backbone.weights=imagenet_v1"]).model.backbone.weights == "imagenet_v1"
+    with pytest.raises(ConfigError, match="neither imagenet, imagenet_v1"):
+        load_config(None, ["model.backbone.weights=imagenett"])
+
+
+def test_coco_recipes_start_from_imagenet():
+    for path in CONFIGS:
+        cfg = load_config(path)
+        if cfg.model.backbone.norm == "frozen_bn" or cfg.model.backbone.trainable_layers < 5:
+            local = path.name == "free_anchor_x101_32x4d_fpn_1x.yaml"  # torchvision has no 32x4d weights
+            expected = (
+                cfg.model.backbone.weights.endswith(".pth")
+                if local
+                else cfg.model.backbone.weights == "imagenet"
+            )
+            assert expected or cfg.model.init_from, path.name

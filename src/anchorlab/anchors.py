@@ -7,7 +7,8 @@ their outputs ``[B, A*C, H, W] -> [B, H*W*A, C]`` in exactly this order (permute
 Anchor index ``a`` at a location enumerates ``sizes x aspect_ratios`` size-major:
 ``a = size_index * len(ratios) + ratio_index``. An aspect ratio is ``h / w``; the area is kept at
 ``size**2``, so ``w = size / sqrt(ratio)`` and ``h = size * sqrt(ratio)``. Base anchors are not rounded
-(torchvision rounds them to integers; detectron2 does not).
+(detectron2's choice) unless ``round_base`` (torchvision rounds their corners to integers and
+enumerates ratio-major; imported torchvision models set ``round_base`` and reorder their head).
 
 Grid offset: the anchor centre of cell ``(y, x)`` is ``((x + offset) * stride, (y + offset) * stride)``.
 Anchors default to ``offset=0`` (the cell's top-left corner) like torchvision and detectron2's default;
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["AnchorGenerator", "grid_points"]
+__all__ = ["AnchorGenerator", "canvas_strides", "grid_points"]
 
 _CACHE_SIZE = 16
 _FeatureSizes = tuple[tuple[int, int], ...]
@@ -46,12 +47,26 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def canvas_strides(feature_sizes: Sequence[Sequence[int]], canvas: Sequence[int]) -> list[tuple[int, int]]:
+    """torchvision's grid spacing per level: ``(canvas_h // H_l, canvas_w // W_l)`` for a padded canvas
+    ``(H, W)``; the true stride where the canvas is a multiple of it, less on coarse levels otherwise
+    (e.g. 61 instead of 64 for P6 of an 800-px-high canvas)."""
+    return [(int(canvas[0]) // int(h), int(canvas[1]) // int(w)) for h, w in feature_sizes]
+
+
 def _grid_centres(
-    height: int, width: int, stride: float, offset: float, device: torch.device, dtype: torch.dtype
+    height: int,
+    width: int,
+    stride: float | tuple[float, float],
+    offset: float,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centres ``x, y`` of shape ``[H*W]`` of one level's cells, row-major ``(y, x)``."""
-    xs = (torch.arange(width, device=device, dtype=dtype) + offset) * stride
-    ys = (torch.arange(height, device=device, dtype=dtype) + offset) * stride
+    """Centres ``x, y`` of shape ``[H*W]`` of one level's cells, row-major ``(y, x)``; ``stride`` is one
+    number or ``(stride_y, stride_x)``."""
+    stride_y, stride_x = stride if isinstance(stride, tuple) else (stride, stride)
+    xs = (torch.arange(width, device=device, dtype=dtype) + offset) * stride_x
+    ys = (torch.arange(height, device=device, dtype=dtype) + offset) * stride_y
     cy, cx = torch.meshgrid(ys, xs, indexing="ij")
     return cx.reshape(-1), cy.reshape(-1)
 
@@ -71,6 +86,7 @@ class AnchorGenerator:
         aspect_ratios: per level, the ratios ``h / w``; a single entry is broadcast to every level.
         strides: per level, the feature stride in input pixels.
         offset: grid offset in cells (0 = top-left of the cell, 0.5 = its centre).
+        round_base: round the base anchors' corners to integers (torchvision's AnchorGenerator).
 
     ``grid_anchors`` returns ``[R, 4]`` xyxy anchors in the fixed order of the module docstring and
     caches them per ``(feature sizes, device, dtype)`` (a small LRU): the returned tensor is shared,
@@ -83,6 +99,7 @@ class AnchorGenerator:
         aspect_ratios: Sequence[Sequence[float]],
         strides: Sequence[int],
         offset: float = 0.0,
+        round_base: bool = False,
     ) -> None:
         sizes = [tuple(float(s) for s in level) for level in sizes]
         ratios = [tuple(float(r) for r in level) for level in aspect_ratios]
@@ -104,6 +121,7 @@ class AnchorGenerator:
         self.aspect_ratios: tuple[tuple[float, ...], ...] = tuple(ratios)
         self.strides: tuple[int, ...] = tuple(int(s) for s in strides)
         self.offset = float(offset)
+        self.round_base = bool(round_base)
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     @classmethod
@@ -115,6 +133,7 @@ class AnchorGenerator:
         scales_per_octave: int = 3,
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         offset: float = 0.0,
+        round_base: bool = False,
     ) -> AnchorGenerator:
         """RetinaNet anchors: at level ``l`` (stride ``2**l``) sizes ``octave_base_scale * 2**l * 2**(i / n)``
         for ``i < n = scales_per_octave`` (32, 40.3, 50.8 at P3 by default), 9 anchors per location."""
@@ -127,12 +146,12 @@ class AnchorGenerator:
         strides = [2**level for level in levels]
         octaves = [2 ** (i / scales_per_octave) for i in range(scales_per_octave)]
         sizes = [[octave_base_scale * s * o for o in octaves] for s in strides]
-        return cls(sizes, [list(aspect_ratios)] * len(strides), strides, offset=offset)
+        return cls(sizes, [list(aspect_ratios)] * len(strides), strides, offset=offset, round_base=round_base)
 
     def __repr__(self) -> str:
         return (
             f"AnchorGenerator(sizes={self.sizes}, aspect_ratios={self.aspect_ratios}, "
-            f"strides={self.strides}, offset={self.offset})"
+            f"strides={self.strides}, offset={self.offset}, round_base={self.round_base})"
         )
 
     @property
@@ -152,7 +171,8 @@ class AnchorGenerator:
         sqrt_r = ratio.sqrt()
         w = (size[:, None] / sqrt_r[None, :]).reshape(-1)
         h = (size[:, None] * sqrt_r[None, :]).reshape(-1)
-        return torch.stack((-w / 2, -h / 2, w / 2, h / 2), dim=1)
+        base = torch.stack((-w / 2, -h / 2, w / 2, h / 2), dim=1)
+        return base.round() if self.round_base else base
 
     def _check(self, feature_sizes: Sequence[Sequence[int]]) -> _FeatureSizes:
         sizes = _normalise_sizes(feature_sizes)
@@ -175,22 +195,25 @@ class AnchorGenerator:
         feature_sizes: Sequence[Sequence[int]],
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        grid_strides: Sequence[tuple[int, int]] | None = None,
     ) -> torch.Tensor:
         """Anchors ``[R, 4]`` xyxy for feature maps of sizes ``[(H_l, W_l)]``, ``R = sum H_l W_l A_l``.
 
         Row ``start_l + (y * W_l + x) * A_l + a`` is anchor ``a`` centred at
-        ``((x + offset) * stride_l, (y + offset) * stride_l)``.
+        ``((x + offset) * stride_l, (y + offset) * stride_l)``; ``grid_strides`` (per level
+        ``(stride_y, stride_x)``, e.g. ``canvas_strides``) replaces ``stride_l`` for the centres.
         """
         sizes = self._check(feature_sizes)
         device = torch.device(device) if device is not None else torch.device("cpu")
-        key = (sizes, device, dtype)
+        spacing = tuple(grid_strides) if grid_strides is not None else self.strides
+        key = (sizes, device, dtype, spacing)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
         work = _work_dtype(dtype)
         levels = []
-        for level, ((h, w), stride) in enumerate(zip(sizes, self.strides, strict=True)):
+        for level, ((h, w), stride) in enumerate(zip(sizes, spacing, strict=True)):
             cx, cy = _grid_centres(h, w, stride, self.offset, device, work)
             shifts = torch.stack((cx, cy, cx, cy), dim=1)  # [H*W, 4]
             base = self.base_anchors(level, device, work)  # [A, 4]
@@ -206,8 +229,10 @@ def grid_points(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     offset: float = 0.5,
+    grid_strides: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points for anchor-free heads: ``(points [R, 2] as (x, y), point_strides [R])``.
+    """Points for anchor-free heads: ``(points [R, 2] as (x, y), point_strides [R])``; ``grid_strides``
+    (per level ``(stride_y, stride_x)``) replaces the strides for the points' positions only.
 
     Same order as the anchors with one prior per location: level-major, then row-major ``(y, x)``;
     point ``start_l + y * W_l + x`` is ``((x + offset) * stride_l, (y + offset) * stride_l)``. FCOS uses
@@ -218,15 +243,16 @@ def grid_points(
     if len(sizes) != len(strides):
         raise ValueError(f"got {len(sizes)} feature sizes but {len(strides)} strides")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    key = (sizes, tuple(int(s) for s in strides), float(offset), device, dtype)
+    spacing = tuple(grid_strides) if grid_strides is not None else tuple(int(s) for s in strides)
+    key = (sizes, tuple(int(s) for s in strides), float(offset), device, dtype, spacing)
     cached = _points_cache.get(key)
     if cached is not None:
         _points_cache.move_to_end(key)
         return cached
     work = _work_dtype(dtype)
     points, point_strides = [], []
-    for (h, w), stride in zip(sizes, strides, strict=True):
-        cx, cy = _grid_centres(h, w, stride, offset, device, work)
+    for (h, w), stride, step in zip(sizes, strides, spacing, strict=True):
+        cx, cy = _grid_centres(h, w, step, offset, device, work)
         points.append(torch.stack((cx, cy), dim=1))
         point_strides.append(torch.full((h * w,), float(stride), device=device, dtype=work))
     result = (torch.cat(points).to(dtype), torch.cat(point_strides).to(dtype))

@@ -57,11 +57,27 @@ class _Section(BaseModel):
 
 class BackboneConfig(_Section):
     name: BackboneName = "resnet18"
-    #: None: random init; a path: a local state dict; "imagenet": torchvision's weights API (downloads).
+    #: None: random init; a path: a local state dict (read with weights_only=True); "imagenet" /
+    #: "imagenet_v1": torchvision's published ImageNet weights (its DEFAULT / IMAGENET1K_V1), opt-in,
+    #: downloaded once into torch's hub cache ($TORCH_HOME/hub/checkpoints) and checksum-verified.
     weights: str | None = None
     norm: Literal["bn", "frozen_bn", "gn"] = "bn"
-    #: How many of the backbone's stages train (5 = all); only meaningful with pretrained weights.
+    #: How many of the backbone's stages train (5 = all); fewer needs pretrained weights.
     trainable_layers: int = Field(5, ge=0, le=5)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.strip().lower() in ("imagenet", "imagenet_v1"):
+            return value.strip().lower()
+        if not value.strip() or not any(c in value for c in "/\\."):
+            raise ValueError(
+                f"model.backbone.weights {value!r} is neither imagenet, imagenet_v1, null nor a file path "
+                f"(e.g. ./resnet50.pth)"
+            )
+        return value
 
 
 class FPNConfig(_Section):
@@ -85,6 +101,8 @@ class HeadConfig(_Section):
     num_convs: int = Field(4, ge=0)
     norm: Literal["none", "gn", "bn"] = "none"
     prior_prob: float = Field(0.01, gt=0, lt=1)
+    #: Bias in the towers' convs; None: only without a norm (torchvision's FCOS has both bias and GN).
+    conv_bias: bool | None = None
 
 
 class AnchorConfig(_Section):
@@ -97,6 +115,13 @@ class AnchorConfig(_Section):
     #: Anchor centre of cell (y, x) in cells: 0 = the cell's top-left corner (torchvision, detectron2),
     #: 0.5 = the cell centre.
     offset: float = Field(0.0, ge=0, lt=1)
+    #: Round the base anchors' corners to integers, as torchvision's AnchorGenerator does (imports of
+    #: torchvision detectors set it for exact parity).
+    round: bool = False
+    #: Space each level's priors by (padded canvas // feature size) per axis, as torchvision's
+    #: AnchorGenerator does (61 instead of 64 on P6 of an 800-px canvas); imports set it for parity.
+    #: RetinaNet, FreeAnchor, FCOS and Faster R-CNN; not exportable to ONNX.
+    canvas_strides: bool = False
 
 
 class AssignConfig(_Section):
@@ -137,6 +162,9 @@ class FCOSConfig(_Section):
     centerness_on_reg: bool = True
     #: Distances are relu(scale_l * x) * stride_l ("norm_on_bbox"); False: exp(scale_l * x) * stride_l.
     norm_on_bbox: bool = True
+    #: Points at ((x + offset) * stride, (y + offset) * stride): 0.5 = cell centres (FCOS), 0 = cell
+    #: corners (torchvision's fcos_resnet50_fpn, whose points are its anchors' centres).
+    point_offset: float = Field(0.5, ge=0, le=1)
 
 
 class CenterNetConfig(_Section):
@@ -217,6 +245,9 @@ class RoIConfig(_Section):
     smooth_l1_beta: float = Field(1.0 / 9.0, ge=0)
     cls_weight: float = Field(1.0, ge=0)
     box_weight: float = Field(1.0, ge=0)
+    #: Classifier outputs after background that are never detected nor trained as targets, kept in the
+    #: softmax (torchvision's COCO models have 10 for the unused COCO ids; imports set it for parity).
+    void_classes: int = Field(0, ge=0)
 
 
 class HardNegativeConfig(_Section):
@@ -232,6 +263,9 @@ class InferenceConfig(_Section):
     topk_per_level: int = Field(1000, gt=0)
     nms_iou: float = Field(0.5, gt=0, le=1)
     max_detections: int = Field(100, gt=0)
+    #: Keep detections that clipping to the image made empty (zero width or height), as torchvision's
+    #: RetinaNet and FCOS do; imports of those set it for exact parity.
+    keep_empty_boxes: bool = False
 
 
 class ModelConfig(_Section):
@@ -264,6 +298,26 @@ class ModelConfig(_Section):
     #: keep their ranges and get a report of the levels' use (``anchorlab.design.fit``). The run's
     #: config.yaml records the result.
     fit_anchors: bool = False
+    #: Start training from this weights file or anchorlab checkpoint (e.g. from `anchorlab weights
+    #: import`): every tensor whose name and shape fit is loaded, class-specific layers of another class
+    #: count are re-initialised; the run folder's init_from.json lists loaded / re-initialised / unused.
+    init_from: str | None = None
+
+    @model_validator(mode="after")
+    def _frozen_needs_weights(self) -> ModelConfig:
+        b = self.backbone
+        if b.weights is None and self.init_from is None and (b.norm == "frozen_bn" or b.trainable_layers < 5):
+            frozen = [
+                *(["norm: frozen_bn"] if b.norm == "frozen_bn" else []),
+                *([f"trainable_layers: {b.trainable_layers}"] if b.trainable_layers < 5 else []),
+            ]
+            raise ValueError(
+                f"model.backbone has random weights (weights: null) but {' and '.join(frozen)} would keep "
+                f"random layers frozen forever: set model.backbone.norm: bn and "
+                f"model.backbone.trainable_layers: 5, or give weights (model.backbone.weights: imagenet, "
+                f"imagenet_v1 or a file; or model.init_from)"
+            )
+        return self
 
 
 class DataConfig(_Section):
@@ -288,6 +342,10 @@ class DataConfig(_Section):
     max_pixels: int = Field(178_956_970, gt=0)
     min_size: int | list[int] = 800
     max_size: int = Field(1333, gt=0)
+    #: Evaluation / prediction resize: "antialias" (rounded size, antialiased when shrinking) or
+    #: "torchvision" (its detection transform: floored float32-scaled size, plain bilinear; imports of
+    #: torchvision detectors set it for exact parity). Training always resizes with "antialias".
+    resize: Literal["antialias", "torchvision"] = "antialias"
     #: Multi-scale training (overrides min_size in training): two values [lo, hi] draw the shorter side
     #: uniformly from the integers lo..hi; three or more values draw it from that list (e.g. [640, 672,
     #: 704, 736, 768, 800]). Evaluation keeps min_size.
@@ -454,6 +512,8 @@ def _describe(exc: ValidationError) -> str:
             close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             lines.append(f"unknown key {loc!r}{hint}; allowed keys here: {', '.join(allowed)}")
+        elif isinstance(err.get("input"), dict):  # a section's validator: its message names the keys
+            lines.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
     return "\n  ".join(lines)

@@ -205,6 +205,7 @@ def postprocess_raw(
     topk_per_level: int = 1000,
     nms_iou: float | None = 0.5,
     max_detections: int = 100,
+    keep_empty_boxes: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """Detections from a "raw" graph's outputs, exactly as the "full" graph and ``Detector`` compute them.
 
@@ -235,6 +236,7 @@ def postprocess_raw(
         score_thresh=score_thresh,
         nms_iou=nms_iou,
         max_detections=max_detections,
+        keep_empty_boxes=keep_empty_boxes,
     )
 
 

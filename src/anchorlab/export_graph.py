@@ -33,19 +33,22 @@ class ExportError(RuntimeError):
     """A detector or option that cannot be exported; the message says why and what to use."""
 
 
-def _grid(feature: torch.Tensor, stride: int, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cell positions ``x, y [H*W]`` (row-major) of ``feature [B, C, H, W]``, from its symbolic shape."""
-    xs = (torch.arange(feature.shape[-1], device=feature.device, dtype=torch.float32) + offset) * stride
-    ys = (torch.arange(feature.shape[-2], device=feature.device, dtype=torch.float32) + offset) * stride
+def _grid(feature: torch.Tensor, stride: Any, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell positions ``x, y [H*W]`` (row-major) of ``feature [B, C, H, W]``, from its symbolic shape;
+    ``stride``: one number or ``(stride_y, stride_x)``."""
+    stride_y, stride_x = stride if isinstance(stride, tuple) else (stride, stride)
+    xs = (torch.arange(feature.shape[-1], device=feature.device, dtype=torch.float32) + offset) * stride_x
+    ys = (torch.arange(feature.shape[-2], device=feature.device, dtype=torch.float32) + offset) * stride_y
     cy, cx = torch.meshgrid(ys, xs, indexing="ij")
     return cx.reshape(-1), cy.reshape(-1)
 
 
-def _points(features: Sequence[torch.Tensor], strides: Sequence[int], offset: float):
-    """``grid_points`` computed from the maps: ``(points [R, 2] (x, y), point_strides [R])``."""
+def _points(features: Sequence[torch.Tensor], strides: Sequence[int], offset: float, spacing: Sequence[Any]):
+    """``grid_points`` computed from the maps: ``(points [R, 2] (x, y), point_strides [R])``; points
+    spaced by ``spacing`` (per level a stride or ``(stride_y, stride_x)``)."""
     points, point_strides = [], []
-    for feature, stride in zip(features, strides, strict=True):
-        cx, cy = _grid(feature, stride, offset)
+    for feature, stride, step in zip(features, strides, spacing, strict=True):
+        cx, cy = _grid(feature, step, offset)
         points.append(torch.stack((cx, cy), dim=1))
         point_strides.append(torch.full_like(cx, float(stride)))
     return torch.cat(points), torch.cat(point_strides)
@@ -92,10 +95,16 @@ class ExportWrapper(nn.Module):
             self.anchor_offset = generator.offset
 
     # -- graph pieces ------------------------------------------------------------------------------
-    def candidates(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """Per prior: decoded ``boxes [B, R, 4]``, ``scores [B, R, K]``, and the priors per level."""
+    def candidates(
+        self, features: list[torch.Tensor], canvas: Sequence[Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Per prior: decoded ``boxes [B, R, 4]``, ``scores [B, R, K]``, and the priors per level;
+        ``canvas``: the input's ``(H, W)`` (for ``Detector.canvas_strides``)."""
         model, head = self.model, self.model.head
         strides = model.strides
+        spacing: list[Any] = list(strides)
+        if getattr(model, "canvas_strides", False):  # torchvision's prior spacing: canvas // map size
+            spacing = [(canvas[0] // f.shape[-2], canvas[1] // f.shape[-1]) for f in features]
         if isinstance(head, CenterNetHead):
             out = head(features)
             heat = out["heatmap"].sigmoid()
@@ -109,19 +118,19 @@ class ExportWrapper(nn.Module):
         per_level = [f.shape[-2] * f.shape[-1] for f in features]
         if isinstance(head, RetinaHead):
             anchors = []
-            for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
-                cx, cy = _grid(feature, stride, self.anchor_offset)
+            for level, (feature, step) in enumerate(zip(features, spacing, strict=True)):
+                cx, cy = _grid(feature, step, self.anchor_offset)
                 shifts = torch.stack((cx, cy, cx, cy), dim=1)
                 anchors.append((shifts[:, None, :] + self.base_anchors[level][None]).reshape(-1, 4))
             boxes = head.coder.decode(torch.cat(anchors)[None], out["box_deltas"])
             scores = head.class_scores(out["cls_logits"])  # HNM: softmax, background dropped
             return boxes, scores, [n * head.num_anchors for n in per_level]
         if isinstance(head, FCOSHead):
-            points, _ = _points(features, strides, 0.5)
+            points, _ = _points(features, strides, head.point_offset, spacing)
             boxes = distances_to_boxes(points[None], out["box_dist"])
             scores = (out["cls_logits"].sigmoid() * out["centerness"].sigmoid()[..., None]).sqrt()
             return boxes, scores, per_level
-        corners, point_strides = _points(features, strides, 0.0)  # GridHead
+        corners, point_strides = _points(features, strides, 0.0, spacing)  # GridHead
         boxes = GridHead.decode(out["box_raw"], corners[None], point_strides[None])
         scores = out["obj_logits"].sigmoid()[..., None] * out["cls_logits"].sigmoid()
         return boxes, scores, per_level
@@ -146,9 +155,9 @@ class ExportWrapper(nn.Module):
         upper = torch.stack((width, height, width, height)).to(boxes.dtype)
         boxes = torch.minimum(boxes.clamp(min=0), upper)
         image = torch.arange(num_images, device=boxes.device)[:, None].expand_as(labels)
-        keep = (
-            (scores > s["score_thresh"]) & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
-        )
+        keep = scores > s["score_thresh"]
+        if not s.get("keep_empty_boxes", False):
+            keep = keep & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
         boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
         if s["nms_iou"] is not None:
             # Class-wise and image-wise in one NMS: shift each class along x and each image along y by
@@ -179,7 +188,7 @@ class ExportWrapper(nn.Module):
         model = self.model
         x = (images - model.pixel_mean) / model.pixel_std
         features = list(model.backbone(x))
-        boxes, scores, per_level = self.candidates(features)
+        boxes, scores, per_level = self.candidates(features, images.shape[-2:])
         if self.mode == "raw":
             counts = torch.stack([torch.scalar_tensor(n, dtype=torch.int64) for n in per_level])
             return boxes, scores, counts

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import urllib.error
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 
-from anchorlab.models.backbone import build_backbone
+from anchorlab.models import backbone as backbone_module
+from anchorlab.models.backbone import BACKBONES, build_backbone, imagenet_weights
+from anchorlab.models.hub import WeightsDownloadError
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_large"])
@@ -111,7 +115,7 @@ def test_local_weights_round_trip(tmp_path) -> None:
     prefixed = {f"backbone.body.{k}": v for k, v in model.body.state_dict().items()}
     prefixed["head.cls_logits.weight"] = torch.zeros(3)
     prefixed["head._extra_state"] = {"normalizer": {"value": 12.0, "momentum": 0.9}}
-    checkpoint = {"model": prefixed, "iteration": 7, "rng": {"numpy": np.random.get_state()}}
+    checkpoint = {"model": prefixed, "iteration": 7, "rng": {"torch": torch.get_rng_state()}}
     torch.save(checkpoint, tmp_path / "ckpt.pth")
     again = build_backbone("resnet18", weights=tmp_path / "ckpt.pth", norm="frozen_bn", fpn_channels=16)
     assert torch.equal(again.body.layer2[0].conv1.weight, source.layer2[0].conv1.weight)
@@ -137,18 +141,71 @@ def test_wrong_weights_files(tmp_path) -> None:
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         build_backbone("resnet18", weights=tmp_path / "list.pth")
+    # a file that needs code execution to load (numpy RNG state) is refused, never unpickled
+    torch.save({"model": {}, "rng": np.random.get_state()}, tmp_path / "unsafe.pth")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        build_backbone("resnet18", weights=tmp_path / "unsafe.pth")
     (tmp_path / "text.pth").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="not a readable torch state dict"):
         build_backbone("resnet18", weights=tmp_path / "text.pth")
 
 
-def test_imagenet_without_internet_names_the_local_file_option(monkeypatch) -> None:
+def test_imagenet_offline_is_one_line_naming_the_cache_file(monkeypatch, tmp_path) -> None:
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no internet")
 
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match=r"model\.backbone\.weights: /path/to/resnet50\.pth"):
-        build_backbone("resnet50", weights="imagenet")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    for choice, file in (("imagenet", "resnet50-11ad3fa6.pth"), ("imagenet_v1", "resnet50-0676ba61.pth")):
+        with pytest.raises(WeightsDownloadError) as err:
+            build_backbone("resnet50", weights=choice)
+        msg = str(err.value)
+        assert "\n" not in msg and "no internet" in msg
+        assert f"place it in {tmp_path / 'torch' / 'hub' / 'checkpoints'} as {file}" in msg
+
+
+def test_imagenet_from_the_hub_cache_is_verified_and_loaded(monkeypatch, tmp_path) -> None:
+    """A file placed by hand in the hub cache: right checksum -> loaded; wrong -> one-line error."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(3)
+    source = torchvision.models.resnet18()
+    data = folder / "tmp.pth"
+    torch.save(source.state_dict(), data)
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    url = f"https://example.invalid/resnet18-{digest[:8]}.pth"
+    data.rename(folder / f"resnet18-{digest[:8]}.pth")
+    fake = SimpleNamespace(url=url)
+    monkeypatch.setattr(backbone_module, "imagenet_weights", lambda name, choice: fake)
+    model = build_backbone("resnet18", weights="imagenet", norm="frozen_bn", fpn_channels=16)
+    assert torch.equal(model.body.conv1.weight, source.conv1.weight)
+    # identical features to torchvision's resnet with the same state dict (frozen BN = eval-mode BN)
+    x = torch.rand(1, 3, 64, 64)
+    feats = model.body(x)
+    net = source.eval()
+    with torch.no_grad():
+        c2 = net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))
+        c3 = net.layer2(c2)
+        c4 = net.layer3(c3)
+        ref = {"3": c3, "4": c4, "5": net.layer4(c4)}
+    for key in ("3", "4", "5"):
+        torch.testing.assert_close(feats[key], ref[key], rtol=1e-5, atol=1e-5)
+
+    (folder / f"resnet18-{digest[:8]}.pth").write_bytes(b"truncated")
+    with pytest.raises(WeightsDownloadError, match="does not match the SHA-256 prefix"):
+        build_backbone("resnet18", weights="imagenet")
+
+
+def test_imagenet_weights_enum_for_every_backbone() -> None:
+    for name in BACKBONES:
+        if name == "resnext101_32x4d":  # built from torchvision's ResNet class: no published weights
+            with pytest.raises(ValueError, match="no imagenet weights"):
+                imagenet_weights(name, "imagenet")
+            continue
+        assert imagenet_weights(name, "imagenet").url.endswith(".pth")
+        assert imagenet_weights(name, "imagenet_v1").name == "IMAGENET1K_V1"
+    assert imagenet_weights("resnet50", "imagenet").name == "IMAGENET1K_V2"
 
 
 def test_unknown_backbone() -> None:

@@ -3,8 +3,9 @@ the training loss falls and val AP50 ends well above the same model untrained (s
 
 The data are ``make_synthetic(crowded=True)`` at 96 px: 2-3 overlapping objects per image share one
 stride-16 cell, so centre-cell collisions happen (checked below). To fit four trainings into the suite,
-the ResNet-18 body stays at its random initialisation (``trainable_layers: 0``): the box loss lives in the
-head, and the FPN + head learn on top of fixed features.
+the ResNet-18 body stays frozen at a random initialisation (``trainable_layers: 0`` with a seeded random
+state dict as its weights file: a frozen body needs weights, even random ones, to be a valid config): the
+box loss lives in the head, and the FPN + head learn on top of fixed features.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 from anchorlab.assign import grid_assign
 from anchorlab.config import Config, load_config
@@ -28,6 +30,15 @@ ITERATIONS = 150
 IOU_KINDS = ("iou", "giou", "diou", "ciou")
 
 
+def random_body(folder: Path) -> Path:
+    """A seeded random ResNet-18 state dict (the frozen body's weights file)."""
+    path = folder / "resnet18_random.pth"
+    if not path.is_file():
+        torch.manual_seed(0)
+        torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
 def grid_config(data: tuple[Path, Path], out: Path, box_loss: str = "giou") -> Config:
     train_json, val_json = data
     return load_config(
@@ -39,6 +50,7 @@ def grid_config(data: tuple[Path, Path], out: Path, box_loss: str = "giou") -> C
             f"data.min_size={SIZE}",
             f"data.max_size={SIZE}",
             "model.backbone.trainable_layers=0",
+            f"model.backbone.weights={random_body(train_json.parent)}",
             "model.fpn.channels=32",
             "model.head.channels=32",
             f"model.grid.box_loss={box_loss}",

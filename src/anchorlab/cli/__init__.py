@@ -1,6 +1,16 @@
 """``anchorlab`` command line: one module per command group, all registered on ``cli.app.app``."""
 
-from anchorlab.cli import anchors, assign_report, compare, data, evaluate, export, report, train  # noqa: F401
+from anchorlab.cli import (  # noqa: F401
+    anchors,
+    assign_report,
+    compare,
+    data,
+    evaluate,
+    export,
+    report,
+    train,
+    weights,
+)
 from anchorlab.cli.app import app
 
 __all__ = ["app"]

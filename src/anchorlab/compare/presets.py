@@ -199,7 +199,7 @@ _QUICK_MODELS: dict[str, Tree] = {
     },
 }
 
-_R50: Tree = {"name": "resnet50", "norm": "frozen_bn", "weights": None, "trainable_layers": 3}
+_R50: Tree = {"name": "resnet50", "norm": "frozen_bn", "weights": "imagenet", "trainable_layers": 3}
 _P3_P7_256: Tree = {"channels": 256, "min_level": 3, "max_level": 7}
 #: One head for every detector: GroupNorm as in FCOS (RetinaNet's paper head has none:
 #: ``--set model.head.norm=none``).

@@ -14,6 +14,7 @@ Randomness (size choice, flip, jitter) comes from torch's global RNG only; the l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,6 +52,20 @@ def shortest_edge_size(height: int, width: int, short: int, max_size: int | None
     return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
+def torchvision_resize_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
+    """The size torchvision's ``GeneralizedRCNNTransform`` resizes to: its float32 scale
+    ``min(short / min(h, w), max_size / max(h, w))``, then ``floor(side * scale)`` (e.g. 480x640 at
+    800 / 1333 -> 799x1066: the float32 scale is just under 5/3)."""
+    sides = torch.tensor([height, width]).to(torch.float32)
+    scale = torch.min(float(short) / sides.min(), float(max_size) / sides.max()).item()
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
+
+
+#: ``data.resize`` modes: anchorlab's (rounded size, antialiased when shrinking) or torchvision's
+#: detection transform (floored float32 size, plain bilinear).
+RESIZE_MODES = ("antialias", "torchvision")
+
+
 class ResizeShortestEdge(v2.Transform):
     """Resize image and boxes together so the shorter side is ``min_size`` (one drawn uniformly from a
     tuple) and the longer side at most ``max_size``. ``scale_jitter`` replaces ``min_size`` when given:
@@ -63,8 +78,14 @@ class ResizeShortestEdge(v2.Transform):
         max_size: int | None,
         *,
         scale_jitter: Sequence[int] | None = None,
+        mode: str = "antialias",
     ) -> None:
         super().__init__()
+        if mode not in RESIZE_MODES or (mode == "torchvision" and max_size is None):
+            raise ValueError(
+                f"resize mode {mode!r} is not one of {', '.join(RESIZE_MODES)} (torchvision needs max_size)"
+            )
+        self.mode = mode
         sizes = (min_size,) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
         if not sizes or min(sizes) < 1:
             raise ValueError(f"min_size must be a positive int or a non-empty tuple, got {min_size!r}")
@@ -93,10 +114,13 @@ class ResizeShortestEdge(v2.Transform):
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = query_size(flat_inputs)
+        if self.mode == "torchvision":
+            return {"size": torchvision_resize_size(height, width, self.sample_short_side(), self.max_size)}
         return {"size": shortest_edge_size(height, width, self.sample_short_side(), self.max_size)}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return self._call_kernel(F.resize, inpt, size=list(params["size"]), antialias=True)
+        antialias = self.mode == "antialias"
+        return self._call_kernel(F.resize, inpt, size=list(params["size"]), antialias=antialias)
 
 
 def _empty_boxes(x: Any) -> torch.Tensor:
@@ -171,10 +195,12 @@ def build_transforms(
     photometric: bool = False,
     normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     min_box_size: float = 1.0,
+    resize: str = "antialias",
 ) -> DetectionTransform:
     """The detection pipeline: shortest-edge resize (capped at ``max_size``), then in training a horizontal
     flip with probability ``hflip`` and optionally mild colour jitter, then float32 0..1 (and
-    ``normalize = (mean, std)`` if given; off by default, the model normalises).
+    ``normalize = (mean, std)`` if given; off by default, the model normalises). ``resize``: one of
+    ``RESIZE_MODES`` for evaluation ("torchvision" reproduces torchvision's detection resize).
 
     Training draws the shorter side from ``min_size`` (a tuple) or ``scale_jitter`` (``(lo, hi)`` or a list
     of 3+ sizes, see ``ResizeShortestEdge``); evaluation
@@ -187,7 +213,10 @@ def build_transforms(
         if photometric:
             steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
     else:
-        steps.append(ResizeShortestEdge(min_size if isinstance(min_size, int) else max(min_size), max_size))
+        short = min_size if isinstance(min_size, int) else max(min_size)
+        if resize == "torchvision":  # torchvision resizes the float image (no rounding to uint8 between)
+            steps.append(v2.ToDtype(torch.float32, scale=True))
+        steps.append(ResizeShortestEdge(short, max_size, mode=resize))
     steps.append(v2.ToDtype(torch.float32, scale=True))
     if normalize is not None:
         mean, std = normalize

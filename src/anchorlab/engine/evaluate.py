@@ -38,7 +38,7 @@ __all__ = [
 
 def eval_transforms(cfg: Config):
     min_size = cfg.data.min_size if isinstance(cfg.data.min_size, int) else max(cfg.data.min_size)
-    return build_transforms(False, min_size=min_size, max_size=cfg.data.max_size)
+    return build_transforms(False, min_size=min_size, max_size=cfg.data.max_size, resize=cfg.data.resize)
 
 
 @torch.no_grad()

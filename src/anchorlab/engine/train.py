@@ -65,6 +65,7 @@ from anchorlab.engine.tb import TensorBoardCallback
 from anchorlab.engine.tracker import EvalTracker
 from anchorlab.io import write_text
 from anchorlab.models import build_detector
+from anchorlab.models.init_from import apply_init_from
 
 __all__ = ["Checkpointer", "Trainer", "TrainingError", "build_train_loader", "train"]
 
@@ -275,6 +276,8 @@ class Trainer:
         if cfg.model.fit_anchors:
             _fit_priors(cfg, self.train_set, self.folder, self.console if main else None)
         model = build_detector(cfg).to(self.device)
+        report = None if self.folder is None else self.folder.path("init_from.json")
+        apply_init_from(model, cfg, self.console if main else None, report)  # model.init_from, if set
         if self.world > 1 and self.device.type == "cuda" and cfg.model.backbone.norm == "bn":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model

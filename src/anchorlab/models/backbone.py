@@ -17,14 +17,15 @@ initialisation); ``LastLevelsP6Plus`` generalises it to any number of extra leve
 ``resnext101_32x4d`` (no torchvision builder) is torchvision's ``ResNet`` with ``Bottleneck`` blocks
 ``[3, 4, 23, 3]``, ``groups=32``, ``width_per_group=4``: the state-dict keys of torchvision's ResNeXts.
 
-Weights: ``None`` = random init; a path = a local state dict; ``"imagenet"`` = torchvision's weights
-API (downloads; fails with a message naming the local-file alternative when offline).
+Weights: ``None`` = random init; a path = a local state dict (read with ``weights_only=True``);
+``"imagenet"`` / ``"imagenet_v1"`` = torchvision's published ImageNet weights (its ``DEFAULT`` /
+``IMAGENET1K_V1``), opt-in, fetched through torch's hub cache and checksum-verified (``models/hub.py``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
 
@@ -37,12 +38,16 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
+from anchorlab.models.hub import hub_state_dict, read_state_dict
+
 __all__ = [
     "BACKBONES",
+    "IMAGENET_WEIGHTS",
     "P6_SOURCES",
     "BackboneFPN",
     "LastLevelsP6Plus",
     "build_backbone",
+    "imagenet_weights",
     "load_backbone_weights",
 ]
 
@@ -153,34 +158,6 @@ def _find_prefix(keys: set[str], body_keys: list[str]) -> str:
     return max(candidates or {""}, key=lambda p: (sum(p + k in keys for k in body_keys), -len(p)))
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a state dict file: a plain state dict, or a checkpoint holding one under ``model``
-    or ``state_dict`` (e.g. ``anchorlab train``'s)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file {path} does not exist (model.backbone.weights)")
-    from anchorlab.engine.checkpoint import CheckpointError, safe_torch_load
-
-    try:  # weights_only: a file that needs pickled code is refused, never run
-        state = safe_torch_load(path, map_location="cpu")
-    except CheckpointError as exc:  # any unreadable file gets the same clear message
-        raise ValueError(f"backbone weights file {path} is not a readable torch state dict: {exc}") from None
-    if isinstance(state, Mapping):
-        for wrapper in ("model", "state_dict"):
-            inner = state.get(wrapper)
-            if isinstance(inner, Mapping):
-                state = inner
-                break
-    tensors = (
-        {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, Mapping) else {}
-    )
-    if not tensors:
-        raise ValueError(
-            f"backbone weights file {path} does not hold a state dict (a mapping of names to tensors); "
-            f"got {type(state).__name__}"
-        )
-    return tensors
-
-
 def load_backbone_weights(body: nn.Module, path: str | Path, ignorable: Collection[str] = ()) -> None:
     """Load a local state dict into ``body`` strictly.
 
@@ -191,7 +168,7 @@ def load_backbone_weights(body: nn.Module, path: str | Path, ignorable: Collecti
     ``ValueError`` listing a few of them.
     """
     path = Path(path)
-    state = _read_state_dict(path)
+    state = read_state_dict(path, "backbone weights (model.backbone.weights)")
     body_keys = list(body.state_dict())
     prefix = _find_prefix(set(state), body_keys)
     remapped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -216,17 +193,30 @@ def load_backbone_weights(body: nn.Module, path: str | Path, ignorable: Collecti
         ) from None
 
 
-def _imagenet_state_dict(name: str) -> Mapping[str, torch.Tensor]:
-    """torchvision's ImageNet weights of ``name``; offline -> an error naming the local-file option."""
-    weights = torchvision.models.get_model_weights(name).DEFAULT
+#: ``model.backbone.weights`` values naming torchvision's published ImageNet weights, and the enum member.
+IMAGENET_WEIGHTS = {"imagenet": "DEFAULT", "imagenet_v1": "IMAGENET1K_V1"}
+
+
+def imagenet_weights(name: str, choice: str = "imagenet") -> torchvision.models.WeightsEnum:
+    """torchvision's weights enum member for backbone ``name``: ``"imagenet"`` = its ``DEFAULT`` (the best
+    published, e.g. ``IMAGENET1K_V2`` for resnet50), ``"imagenet_v1"`` = ``IMAGENET1K_V1``."""
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as exc:  # URLError, OSError, hash errors: all mean "no weights"
-        raise RuntimeError(
-            f"could not download the ImageNet weights of {name} ({weights}): {exc}. Without internet, "
-            f"download {weights.url} elsewhere and point the config at the file: "
-            f"`model.backbone.weights: /path/to/{name}.pth`."
-        ) from exc
+        enum = torchvision.models.get_model_weights(name)
+    except ValueError:
+        enum = None
+    member = getattr(enum, IMAGENET_WEIGHTS[choice], None) if enum is not None else None
+    if member is None:
+        raise ValueError(
+            f"torchvision publishes no {choice} weights for backbone {name}; "
+            f"set model.backbone.weights to a local state dict file"
+        )
+    return member
+
+
+def _imagenet_state_dict(name: str, choice: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights of ``name`` from the hub cache (downloaded on first use)."""
+    weights = imagenet_weights(name, choice)
+    return hub_state_dict(weights.url, f"ImageNet ({weights}) {name}")
 
 
 def _freeze(stages: list[list[nn.Module]], trainable_layers: int) -> None:
@@ -253,7 +243,9 @@ def build_backbone(
 
     Args:
         name: one of ``BACKBONES``.
-        weights: ``None`` (random init), a path to a local state dict, or ``"imagenet"``.
+        weights: ``None`` (random init), a path to a local state dict, ``"imagenet"`` (torchvision's
+            default ImageNet weights) or ``"imagenet_v1"`` (its ``IMAGENET1K_V1``), downloaded on first
+            use into torch's hub cache (``anchorlab.models.hub``).
         norm: ``"bn"``, ``"frozen_bn"`` (``torchvision.ops.FrozenBatchNorm2d``) or ``"gn"`` (GroupNorm 32).
         trainable_layers: how many of the five stages (stem, then the stride 4/8/16/32 stages) train.
         fpn_channels: channels of every pyramid level.
@@ -266,7 +258,7 @@ def build_backbone(
         raise ValueError(f"need 2 <= min_level <= 5 and max_level >= min_level, got {min_level}, {max_level}")
     mobilenet = name == "mobilenet_v3_large"
     if name in _EXTRA_BODIES:
-        if weights is not None and str(weights) == "imagenet":
+        if weights is not None and str(weights) in IMAGENET_WEIGHTS:
             raise ValueError(
                 f"torchvision has no ImageNet weights of {name}: point model.backbone.weights at a local "
                 "state dict with torchvision ResNeXt keys (conv1.weight, layer1.0.conv2.weight, ...)"
@@ -274,8 +266,8 @@ def build_backbone(
         net = _EXTRA_BODIES[name](norm_layer=_norm_layer(norm, mobilenet))
     else:
         net = torchvision.models.get_model(name, weights=None, norm_layer=_norm_layer(norm, mobilenet))
-    if weights is not None and str(weights) == "imagenet":
-        state = _imagenet_state_dict(name)
+    if weights is not None and str(weights) in IMAGENET_WEIGHTS:
+        state = _imagenet_state_dict(name, str(weights))
         missing, unexpected = net.load_state_dict(state, strict=False)
         bad = [k for k in (*missing, *unexpected) if not k.endswith("num_batches_tracked")]
         if bad:
@@ -296,6 +288,6 @@ def build_backbone(
         source = net
     _freeze(stages, trainable_layers)
     body = IntermediateLayerGetter(source, return_layers=return_layers)
-    if weights is not None and str(weights) != "imagenet":
+    if weights is not None and str(weights) not in IMAGENET_WEIGHTS:
         load_backbone_weights(body, weights, ignorable=set(source.state_dict()) - set(body.state_dict()))
     return BackboneFPN(body, in_channels, fpn_channels, min_level, max_level, p6_from=p6_from)

@@ -39,7 +39,11 @@ def build_anchor_generator(cfg: ModelConfig) -> AnchorGenerator:
                 f"(P{cfg.fpn.min_level}..P{cfg.fpn.max_level})"
             )
         return AnchorGenerator(
-            cfg.anchors.sizes, ratios, [2**level for level in levels], offset=cfg.anchors.offset
+            cfg.anchors.sizes,
+            ratios,
+            [2**level for level in levels],
+            offset=cfg.anchors.offset,
+            round_base=cfg.anchors.round,
         )
     return AnchorGenerator.retinanet(
         min_level=cfg.fpn.min_level,
@@ -48,14 +52,17 @@ def build_anchor_generator(cfg: ModelConfig) -> AnchorGenerator:
         scales_per_octave=cfg.anchors.scales_per_octave,
         aspect_ratios=cfg.anchors.aspect_ratios,
         offset=cfg.anchors.offset,
+        round_base=cfg.anchors.round,
     )
 
 
 def _backbone(cfg: ModelConfig) -> BackboneFPN:
-    """The backbone + FPN every detector shares (``model.backbone``, ``model.fpn``)."""
+    """The backbone + FPN every detector shares (``model.backbone``, ``model.fpn``); with
+    ``model.init_from`` the backbone weights come from that file (``models/init_from.py``), never read or
+    downloaded here."""
     return build_backbone(
         cfg.backbone.name,
-        weights=cfg.backbone.weights,
+        weights=cfg.backbone.weights if cfg.init_from is None else None,
         norm=cfg.backbone.norm,
         trainable_layers=cfg.backbone.trainable_layers,
         fpn_channels=cfg.fpn.channels,
@@ -83,6 +90,7 @@ def _detector(
         channels_last=cfg.channels_last,
         inference=cfg.inference.model_dump(),
         name=name or cfg.detector,
+        canvas_strides=cfg.anchors.canvas_strides,
     )
 
 
@@ -103,6 +111,7 @@ def _retina_family(cfg: ModelConfig, loss_mode: str) -> Detector:
         channels=cfg.head.channels,
         num_convs=cfg.head.num_convs,
         norm=cfg.head.norm,
+        conv_bias=cfg.head.conv_bias,
         prior_prob=cfg.head.prior_prob,
         loss_mode=loss_mode,
         coder=BoxCoder(stds=cfg.box_coder_stds),
@@ -152,6 +161,7 @@ def _fcos(cfg: ModelConfig) -> Detector:
         channels=cfg.head.channels,
         num_convs=cfg.head.num_convs,
         norm=cfg.head.norm,
+        conv_bias=cfg.head.conv_bias,
         prior_prob=cfg.head.prior_prob,
         regress_ranges=cfg.fcos.regress_ranges,
         center_sampling_radius=cfg.fcos.center_sampling_radius,
@@ -162,6 +172,7 @@ def _fcos(cfg: ModelConfig) -> Detector:
         focal_gamma=cfg.loss.focal_gamma,
         cls_weight=cfg.loss.cls_weight,
         box_weight=cfg.loss.box_weight,
+        point_offset=cfg.fcos.point_offset,
     )
     return _detector(cfg, backbone, head, None)
 
@@ -193,6 +204,7 @@ def _grid(cfg: ModelConfig) -> Detector:
         channels=cfg.head.channels,
         num_convs=cfg.head.num_convs,
         norm=cfg.head.norm,
+        conv_bias=cfg.head.conv_bias,
         prior_prob=cfg.head.prior_prob,
         size_ranges=g.size_ranges,
         collision=g.collision,
@@ -216,7 +228,11 @@ def _faster_rcnn(cfg: ModelConfig) -> Detector:
     if len(sizes) != len(levels):
         raise ValueError(f"model.anchors.sizes has {len(sizes)} levels but the FPN has {len(levels)}")
     anchors = AnchorGenerator(
-        sizes, [list(cfg.anchors.aspect_ratios)], [2**level for level in levels], offset=cfg.anchors.offset
+        sizes,
+        [list(cfg.anchors.aspect_ratios)],
+        [2**level for level in levels],
+        offset=cfg.anchors.offset,
+        round_base=cfg.anchors.round,
     )
     per_location = set(anchors.num_anchors_per_location())
     if len(per_location) != 1:
@@ -254,6 +270,7 @@ def _faster_rcnn(cfg: ModelConfig) -> Detector:
         smooth_l1_beta=o.smooth_l1_beta,
         cls_weight=o.cls_weight,
         box_weight=o.box_weight,
+        void_classes=o.void_classes,
     )
     head = FasterRCNNHead(rpn, roi, backbone.strides[0])
     return _detector(cfg, backbone, head, anchors)
@@ -302,6 +319,10 @@ DETECTORS: dict[str, Callable[[ModelConfig], Detector]] = {
 }
 
 
+#: Detectors whose priors can follow torchvision's canvas-derived strides (``model.anchors.canvas_strides``).
+_CANVAS_STRIDES = ("retinanet", "free_anchor", "fcos", "faster_rcnn")
+
+
 def build_detector(cfg: Config | ModelConfig) -> Detector:
     """The detector described by ``cfg.model`` (a full ``Config``) or by a ``ModelConfig``."""
     model_cfg = cfg.model if isinstance(cfg, Config) else cfg
@@ -316,6 +337,11 @@ def build_detector(cfg: Config | ModelConfig) -> Detector:
         raise ValueError(
             f"model.sampler {model_cfg.sampler!r} applies to the retinanet detector only, "
             f"not {model_cfg.detector!r}; use model.sampler=none"
+        )
+    if model_cfg.anchors.canvas_strides and model_cfg.detector not in _CANVAS_STRIDES:
+        raise ValueError(
+            f"model.anchors.canvas_strides applies to {', '.join(_CANVAS_STRIDES)}, "
+            f"not {model_cfg.detector!r}"
         )
     if model_cfg.num_classes is None:
         raise ValueError(

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anchorlab.anchors import canvas_strides
 from anchorlab.data.batch import ImageBatch, pad_images, size_divisor
 
 __all__ = ["Detector"]
@@ -59,6 +60,8 @@ class Detector(nn.Module):
         inference: keyword arguments of ``head.postprocess`` (score_thresh, nms_iou, ...).
         name: what the detector is, e.g. ``retinanet_hnm`` (``models.build`` sets it from the config;
             ONNX exports record it); default: the head's class name.
+        canvas_strides: space the priors of each level by ``padded canvas // feature size`` per axis, as
+            torchvision's AnchorGenerator does (``anchors.canvas_strides``), instead of the true stride.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Detector(nn.Module):
         channels_last: bool = False,
         inference: dict[str, Any] | None = None,
         name: str | None = None,
+        canvas_strides: bool = False,
     ) -> None:
         super().__init__()
         if anchor_generator is None and not hasattr(head, "priors"):
@@ -86,6 +90,7 @@ class Detector(nn.Module):
         self.strides: list[int] = list(backbone.strides)
         self.size_divisible = int(size_divisible or size_divisor(max(self.strides)))
         self.inference = dict(inference or {})
+        self.canvas_strides = bool(canvas_strides)
         self._loss_takes_sizes = "image_sizes" in inspect.signature(head.loss).parameters
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1), persistent=False)
@@ -125,14 +130,20 @@ class Detector(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return ImageBatch(x, batch.sizes)
 
-    def priors(self, features: Sequence[torch.Tensor]) -> Any:
-        """Priors for the feature maps (anchors ``[R, 4]``, points, or whatever the head uses)."""
+    def priors(self, features: Sequence[torch.Tensor], canvas: Sequence[int] | None = None) -> Any:
+        """Priors for the feature maps (anchors ``[R, 4]``, points, or whatever the head uses);
+        ``canvas``: the padded input ``(H, W)``, needed with ``canvas_strides``."""
         feature_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
         device = features[0].device
         dtype = torch.promote_types(features[0].dtype, torch.float32)  # never half precision (autocast)
+        grid = {}
+        if self.canvas_strides:
+            if canvas is None:
+                raise ValueError("a Detector with canvas_strides needs the padded canvas size for its priors")
+            grid = {"grid_strides": canvas_strides(feature_sizes, canvas)}
         if hasattr(self.head, "priors"):
-            return self.head.priors(feature_sizes, self.strides, device, dtype)
-        return self.anchor_generator.grid_anchors(feature_sizes, device=device, dtype=dtype)
+            return self.head.priors(feature_sizes, self.strides, device, dtype, **grid)
+        return self.anchor_generator.grid_anchors(feature_sizes, device=device, dtype=dtype, **grid)
 
     def _heads(
         self,
@@ -143,7 +154,7 @@ class Detector(nn.Module):
         """Backbone and head (under any autocast), then loss or post-processing in float32."""
         features = list(self.backbone(batch.tensor))
         outputs = self.head(features)
-        priors = self.priors(features)
+        priors = self.priors(features, batch.tensor.shape[-2:])
         device_type = batch.tensor.device.type
         if torch.is_autocast_enabled(device_type):
             outputs = _float32(outputs)

@@ -95,9 +95,11 @@ class FasterRCNNHead(nn.Module):
         max_detections: int = 100,
         return_pre_nms: bool = False,
         topk_per_level: int | None = None,
+        keep_empty_boxes: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image; ``topk_per_level`` (a dense-head setting) is accepted and unused: the RPN's
-        ``post_nms_top_n`` bounds the candidates. ``return_pre_nms`` adds the RoI stage's NMS inputs."""
+        ``post_nms_top_n`` bounds the candidates. ``return_pre_nms`` adds the RoI stage's NMS inputs;
+        ``keep_empty_boxes`` keeps boxes of any size (else those under 0.01 px go, as in torchvision)."""
         sizes = self._sizes(outputs, image_sizes, len(image_sizes))
         proposals, _, valid = self.rpn.proposals(outputs, anchors, sizes)
         return self.roi.postprocess(
@@ -110,4 +112,5 @@ class FasterRCNNHead(nn.Module):
             nms_iou=nms_iou,
             max_detections=max_detections,
             return_pre_nms=return_pre_nms,
+            min_size=0.0 if keep_empty_boxes else 1e-2,
         )

@@ -153,6 +153,7 @@ class CenterNetHead(nn.Module):
         score_thresh: float = 0.05,
         max_detections: int = 100,
         return_pre_nms: bool = False,
+        keep_empty_boxes: bool = False,
         **_: Any,
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image (``boxes [D, 4]`` xyxy clipped, ``scores [D]``, ``labels [D]``,
@@ -178,4 +179,5 @@ class CenterNetHead(nn.Module):
             nms_iou=None,
             max_detections=max_detections,
             return_pre_nms=return_pre_nms,
+            keep_empty_boxes=keep_empty_boxes,
         )

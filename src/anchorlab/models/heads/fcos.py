@@ -65,6 +65,8 @@ class FCOSHead(nn.Module):
         num_classes: foreground classes ``K``.
         strides: the levels' strides (one learnable scale per level).
         channels, num_convs, norm: the towers ("none" | "gn" | "bn"; FCOS uses GN).
+        conv_bias: the towers' convs have a bias (None: only when ``norm`` is "none").
+        point_offset: points at ``(cell + point_offset) * stride`` (0.5: cell centres; 0: torchvision).
         prior_prob: initial foreground probability of the classifier.
         regress_ranges: per-level ``(lo, hi)`` of ``max(l, t, r, b)``; None: ``default_regress_ranges``.
         center_sampling_radius: in strides; None: every point inside the box is a candidate.
@@ -84,6 +86,7 @@ class FCOSHead(nn.Module):
         channels: int = 256,
         num_convs: int = 4,
         norm: str = "gn",
+        conv_bias: bool | None = None,
         prior_prob: float = 0.01,
         regress_ranges: Sequence[tuple[float, float]] | None = None,
         center_sampling_radius: float | None = 1.5,
@@ -95,6 +98,7 @@ class FCOSHead(nn.Module):
         cls_weight: float = 1.0,
         box_weight: float = 1.0,
         centerness_weight: float = 1.0,
+        point_offset: float = 0.5,
     ) -> None:
         super().__init__()
         if box_loss not in IOU_KINDS:
@@ -113,8 +117,8 @@ class FCOSHead(nn.Module):
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.cls_weight, self.box_weight, self.centerness_weight = cls_weight, box_weight, centerness_weight
 
-        self.cls_tower = _tower(in_channels, channels, num_convs, norm)
-        self.box_tower = _tower(in_channels, channels, num_convs, norm)
+        self.cls_tower = _tower(in_channels, channels, num_convs, norm, conv_bias)
+        self.box_tower = _tower(in_channels, channels, num_convs, norm, conv_bias)
         last = channels if num_convs > 0 else in_channels
         self.cls_logits = nn.Conv2d(last, num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(last, 4, 3, padding=1)
@@ -124,6 +128,7 @@ class FCOSHead(nn.Module):
             nn.init.zeros_(conv.bias)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
         self.scales = nn.Parameter(torch.ones(len(self.strides)))
+        self.point_offset = float(point_offset)
 
     def forward(self, features: Sequence[torch.Tensor]) -> dict[str, Any]:
         """``features [B, C, H_l, W_l]`` per level -> ``cls_logits [B, R, K]``, ``box_dist [B, R, 4]``
@@ -154,9 +159,18 @@ class FCOSHead(nn.Module):
         strides: Sequence[int],
         device: torch.device,
         dtype: torch.dtype,
+        grid_strides: Sequence[tuple[int, int]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(points [R, 2] (x, y) at cell centres, point_strides [R])`` in the outputs' order."""
-        return grid_points(feature_sizes, strides, device=device, dtype=dtype, offset=0.5)
+        """``(points [R, 2] (x, y) at ``(cell + point_offset) * stride``, point_strides [R])`` in the outputs'
+        order (``point_offset`` 0.5: cell centres)."""
+        return grid_points(
+            feature_sizes,
+            strides,
+            device=device,
+            dtype=dtype,
+            offset=self.point_offset,
+            grid_strides=grid_strides,
+        )
 
     # -- training ----------------------------------------------------------------------------------
     def loss(
@@ -228,6 +242,7 @@ class FCOSHead(nn.Module):
         nms_iou: float = 0.5,
         max_detections: int = 100,
         return_pre_nms: bool = False,
+        keep_empty_boxes: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image (``boxes [D, 4]`` xyxy clipped, ``scores [D]``, ``labels [D]``,
         ``D <= max_detections``); scores ``sqrt(sigmoid(cls) * sigmoid(centerness))``, per image and level
@@ -251,4 +266,5 @@ class FCOSHead(nn.Module):
             nms_iou=nms_iou,
             max_detections=max_detections,
             return_pre_nms=return_pre_nms,
+            keep_empty_boxes=keep_empty_boxes,
         )

@@ -88,6 +88,7 @@ class GridHead(nn.Module):
         channels: int = 256,
         num_convs: int = 2,
         norm: str = "gn",
+        conv_bias: bool | None = None,
         prior_prob: float = 0.01,
         size_ranges: Sequence[tuple[float, float]] | None = None,
         collision: str = "nearest",
@@ -101,7 +102,7 @@ class GridHead(nn.Module):
         if box_loss not in GRID_BOX_LOSSES:
             raise ValueError(f"grid box_loss {box_loss!r} is not one of {', '.join(GRID_BOX_LOSSES)}")
         self.num_classes = num_classes
-        self.tower = _tower(in_channels, channels, num_convs, norm)
+        self.tower = _tower(in_channels, channels, num_convs, norm, conv_bias)
         last = channels if num_convs > 0 else in_channels
         self.pred = nn.Conv2d(last, 1 + num_classes + 4, 3, padding=1)
         nn.init.normal_(self.pred.weight, std=0.01)
@@ -232,6 +233,7 @@ class GridHead(nn.Module):
         nms_iou: float = 0.5,
         max_detections: int = 100,
         return_pre_nms: bool = False,
+        keep_empty_boxes: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image (``boxes [D, 4]`` xyxy clipped, ``scores [D]``, ``labels [D]``,
         ``D <= max_detections``); score ``sigmoid(obj) * sigmoid(cls)``, per image and level the
@@ -254,4 +256,5 @@ class GridHead(nn.Module):
             nms_iou=nms_iou,
             max_detections=max_detections,
             return_pre_nms=return_pre_nms,
+            keep_empty_boxes=keep_empty_boxes,
         )

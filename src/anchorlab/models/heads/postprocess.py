@@ -117,14 +117,18 @@ def select_candidates(
     nms_iou: float | None,
     max_detections: int,
     return_pre_nms: bool = False,
+    keep_empty_boxes: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """Per-image detections from flat candidates ``boxes [N, 4]``, ``scores [N]``, ``labels [N]`` of
     images ``image [N]`` (ascending): clip to each image's ``(h, w)``, drop empty boxes and scores
     ``<= score_thresh``, class-wise NMS (skipped when ``nms_iou`` is None), the ``max_detections``
-    best, sorted by decreasing score. ``return_pre_nms`` adds the NMS inputs (``pre_nms_*``)."""
+    best, sorted by decreasing score. ``return_pre_nms`` adds the NMS inputs (``pre_nms_*``);
+    ``keep_empty_boxes`` keeps boxes that clipping made empty (torchvision's RetinaNet and FCOS do)."""
     hw = torch.tensor(image_sizes, device=boxes.device, dtype=boxes.dtype).reshape(-1, 2)  # [B, 2] (h, w)
     boxes = torch.minimum(boxes.clamp(min=0), hw.flip(-1).repeat(1, 2)[image])
-    keep = (scores > score_thresh) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    keep = scores > score_thresh
+    if not keep_empty_boxes:
+        keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
     sizes = torch.bincount(image, minlength=len(image_sizes)).tolist()
     results = []
@@ -150,6 +154,7 @@ def select_detections(
     nms_iou: float | None,
     max_detections: int,
     return_pre_nms: bool = False,
+    keep_empty_boxes: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """``select_candidates`` for per-image candidates ``boxes [B, N, 4]``, ``scores [B, N]``,
     ``labels [B, N]`` (e.g. CenterNet's peaks, an exported graph's outputs)."""
@@ -165,4 +170,5 @@ def select_detections(
         nms_iou=nms_iou,
         max_detections=max_detections,
         return_pre_nms=return_pre_nms,
+        keep_empty_boxes=keep_empty_boxes,
     )

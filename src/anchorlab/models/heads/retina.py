@@ -45,10 +45,14 @@ def flatten_levels(maps: Sequence[torch.Tensor], channels: int) -> torch.Tensor:
     return flat[0] if len(flat) == 1 else torch.cat(flat, dim=1)
 
 
-def _tower(in_channels: int, channels: int, num_convs: int, norm: str) -> nn.Sequential:
+def _tower(
+    in_channels: int, channels: int, num_convs: int, norm: str, bias: bool | None = None
+) -> nn.Sequential:
+    """``num_convs`` x (3x3 conv, norm, ReLU); the convs have a bias when ``bias`` (None: without a norm)."""
     layers: list[nn.Module] = []
+    bias = norm == "none" if bias is None else bias
     for i in range(num_convs):
-        conv = nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1, bias=norm == "none")
+        conv = nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1, bias=bias)
         nn.init.normal_(conv.weight, std=0.01)
         if conv.bias is not None:
             nn.init.zeros_(conv.bias)
@@ -71,6 +75,7 @@ class RetinaHead(nn.Module):
         num_anchors: anchors per location ``A`` (the same on every level).
         num_classes: foreground classes ``K``.
         channels, num_convs, norm: the towers (``num_convs`` 3x3 convs + ReLU, norm "none" | "gn" | "bn").
+        conv_bias: the towers' convs have a bias (None: only when ``norm`` is "none").
         prior_prob: initial foreground probability of the classifier (bias ``-log((1 - p) / p)``).
         loss_mode: "focal" (RetinaNet) or "free_anchor" (FreeAnchor bags, see ``free_anchor_loss``).
         coder: box coding of ``box_deltas`` (default stds 0.1, 0.1, 0.2, 0.2).
@@ -91,6 +96,7 @@ class RetinaHead(nn.Module):
         channels: int = 256,
         num_convs: int = 4,
         norm: str = "none",
+        conv_bias: bool | None = None,
         prior_prob: float = 0.01,
         loss_mode: str = "focal",
         coder: BoxCoder | None = None,
@@ -113,8 +119,8 @@ class RetinaHead(nn.Module):
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss {box_loss!r} is not one of {', '.join(BOX_LOSSES)}")
         self.num_anchors, self.num_classes = num_anchors, num_classes
-        self.cls_tower = _tower(in_channels, channels, num_convs, norm)
-        self.box_tower = _tower(in_channels, channels, num_convs, norm)
+        self.cls_tower = _tower(in_channels, channels, num_convs, norm, conv_bias)
+        self.box_tower = _tower(in_channels, channels, num_convs, norm, conv_bias)
         last = channels if num_convs > 0 else in_channels
         self.cls_logits = nn.Conv2d(last, num_anchors * num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(last, num_anchors * 4, 3, padding=1)
@@ -256,6 +262,7 @@ class RetinaHead(nn.Module):
         nms_iou: float = 0.5,
         max_detections: int = 100,
         return_pre_nms: bool = False,
+        keep_empty_boxes: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image: ``boxes [D, 4]`` xyxy clipped to the image's ``(h, w)``, ``scores [D]``,
         ``labels [D]``, ``D <= max_detections``, sorted by decreasing score.
@@ -284,4 +291,5 @@ class RetinaHead(nn.Module):
             nms_iou=nms_iou,
             max_detections=max_detections,
             return_pre_nms=return_pre_nms,
+            keep_empty_boxes=keep_empty_boxes,
         )

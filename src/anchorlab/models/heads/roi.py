@@ -72,6 +72,8 @@ class RoIBoxHead(nn.Module):
         coder: box coding (default stds 0.1, 0.1, 0.2, 0.2).
         pos_iou, num_samples, positive_fraction: assignment and sampling per image.
         smooth_l1_beta, cls_weight, box_weight: the losses.
+        void_classes: extra classifier outputs after background (``K + 1 ..``), in the softmax but never
+            a target nor a detection (torchvision's COCO models' unused ids).
     """
 
     def __init__(
@@ -90,14 +92,16 @@ class RoIBoxHead(nn.Module):
         smooth_l1_beta: float = 1.0 / 9.0,
         cls_weight: float = 1.0,
         box_weight: float = 1.0,
+        void_classes: int = 0,
     ) -> None:
         super().__init__()
         self.num_classes, self.num_levels = num_classes, num_levels
+        self.void_classes = int(void_classes)
         self.names = [f"p{i}" for i in range(num_levels)]
         self.pooler = MultiScaleRoIAlign(self.names, pooler_size, sampling_ratio)
         self.fc1 = nn.Linear(in_channels * pooler_size**2, fc_channels)
         self.fc2 = nn.Linear(fc_channels, fc_channels)
-        self.cls_score = nn.Linear(fc_channels, num_classes + 1)
+        self.cls_score = nn.Linear(fc_channels, num_classes + 1 + self.void_classes)
         self.bbox_pred = nn.Linear(fc_channels, num_classes * 4)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
@@ -111,7 +115,7 @@ class RoIBoxHead(nn.Module):
         self, features: Sequence[torch.Tensor], rois: list[torch.Tensor], canvas: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``rois``: B tensors ``[N_i, 4]`` on the padded ``canvas (H, W)`` -> ``class_logits [N, K + 1]``,
-        ``box_deltas [N, K, 4]`` with ``N = sum N_i`` in image order."""
+        ``box_deltas [N, K, 4]`` with ``N = sum N_i`` in image order (``K + 1 + void_classes`` logits)."""
         named = dict(zip(self.names, features[: self.num_levels], strict=True))
         pooled = self.pooler(named, rois, [canvas])  # [N, C, S, S]
         hidden = F.relu(self.fc2(F.relu(self.fc1(pooled.flatten(1)))))
