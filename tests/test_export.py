@@ -67,7 +67,7 @@ def tiny_detector(name: str) -> Detector:
     with torch.no_grad():
         for p in model.head.parameters():
             p.normal_(0, 0.03 if p.ndim > 1 else 0.1)
-        scores = model.predict(list(images(*EXAMPLE, seed=1)))[0]["scores"]
+        scores = model.detect(list(images(*EXAMPLE, seed=1)))[0]["scores"]
     # Midway between two consecutive scores: no score sits within float noise of the threshold.
     k = min(TARGET_DETECTIONS, len(scores) // 2)  # CenterNet's smooth random heatmap has few peaks
     model.inference["score_thresh"] = float(scores[k - 1 : k + 1].mean())
@@ -89,7 +89,7 @@ def check_parity(model: Detector, path) -> None:
     runtime = OnnxDetector(path)
     for seed, shape in ((1, EXAMPLE), (2, OTHER)):
         batch = images(*shape, seed=seed)
-        assert_same_detections(runtime(batch), model.predict(list(batch)))
+        assert_same_detections(runtime(batch), model.detect(list(batch)))
 
 
 @pytest.mark.parametrize(
@@ -170,11 +170,11 @@ def test_raw_mode_priors_and_postprocess_match_pytorch_at_another_size(raw_expor
     torch.testing.assert_close(torch.from_numpy(scores), outputs["cls_logits"].sigmoid(), atol=1e-5, rtol=0)
     settings = onnx_metadata(path)["inference"]
     assert_same_detections(
-        postprocess_raw((boxes, scores, counts), OTHER[1:], **settings), model.predict(list(batch))
+        postprocess_raw((boxes, scores, counts), OTHER[1:], **settings), model.detect(list(batch))
     )
     named = dict(zip(RAW_OUTPUTS, (boxes, scores, counts), strict=True))
     assert_same_detections(
-        postprocess_raw(named, [OTHER[1:]] * OTHER[0], **settings), model.predict(list(batch))
+        postprocess_raw(named, [OTHER[1:]] * OTHER[0], **settings), model.detect(list(batch))
     )
 
 

@@ -1,121 +1,161 @@
-"""Load a trained detector from a checkpoint and run it on image files."""
+"""Load a trained detector and run it on images: the path behind ``anchorlab.load``, ``Detector.predict`` and
+``anchorlab predict``.
+
+Preprocessing is the evaluation transform of the training config (shorter side ``data.min_size``, longer
+side at most ``data.max_size``, float 0..1; the model normalises), and boxes go back to the original
+pixels with ``boxes_to_original`` (clipped to the image).
+"""
 
 from __future__ import annotations
 
-import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import track
-from torchvision.io import encode_png
-from torchvision.utils import draw_bounding_boxes
 
-from anchorlab.boxes import xyxy_to_xywh
 from anchorlab.config import Config
-from anchorlab.data.loader import read_rgb
-from anchorlab.engine.checkpoint import load_checkpoint
-from anchorlab.engine.common import resolve_device, write_json
+from anchorlab.data.transforms import boxes_to_original
+from anchorlab.engine.checkpoint import CheckpointError, load_checkpoint
+from anchorlab.engine.common import resolve_device
 from anchorlab.engine.evaluate import eval_transforms
-from anchorlab.io import atomic_write, make_dir
+from anchorlab.engine.sources import SourceError, SourceItem, iter_source
+from anchorlab.results import Detections
 
-__all__ = ["IMAGE_SUFFIXES", "find_images", "load_trained", "predict_images"]
+__all__ = ["CHECKPOINT_NAMES", "load_detector", "load_trained", "predict_stream", "resolve_checkpoint"]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+#: The files of a run folder ``load`` looks for, in order of preference.
+CHECKPOINT_NAMES = ("best.pt", "last.pt", "checkpoint.pt")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path`` itself for a file; for a run folder its ``best.pt``, else ``last.pt``, else ``checkpoint.pt``."""
+    path = Path(path)
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"run folder {path} holds none of {', '.join(CHECKPOINT_NAMES)}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_detector(path: str | Path, device: str | torch.device = "auto", verbose: bool = False):
+    """A ``Detector`` in eval mode on ``device`` with its training config and categories attached
+    (``model.config``, ``model.categories``, ``model.names``) and ``model.checkpoint_path`` = the file read
+    (see :func:`resolve_checkpoint`); ``verbose`` prints that file to stderr."""
+    from anchorlab.models import build_detector
+
+    file = resolve_checkpoint(path)
+    device = resolve_device(device) if isinstance(device, str) else device
+    state = load_checkpoint(file, map_location=device)
+    try:
+        cfg = Config.model_validate(state["config"])
+    except Exception as exc:
+        raise CheckpointError(f"{file}: the stored config is not valid: {str(exc).splitlines()[0]}") from None
+    cfg.model.backbone.weights = None  # the checkpoint holds every weight: never re-read or download
+    if hasattr(cfg.model, "init_from"):
+        cfg.model.init_from = None
+    model = build_detector(cfg)
+    try:
+        model.load_state_dict(state["model"])
+        model.attach(cfg, state.get("categories"))
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{file}: weights do not fit the stored config: {str(exc)[:300]}") from None
+    model.checkpoint_path = file
+    if verbose:
+        print(f"anchorlab: loaded {file} (iteration {state.get('iteration', '?')})", file=sys.stderr)
+    return model.to(device).eval()
 
 
 def load_trained(checkpoint: str | Path, device: str | torch.device = "auto"):
-    """``(model in eval mode, config, categories)`` from a checkpoint written by ``anchorlab train``."""
-    from anchorlab.models import build_detector
-
-    device = resolve_device(device) if isinstance(device, str) else device
-    state = load_checkpoint(checkpoint, map_location=device)
-    cfg = Config.model_validate(state["config"])
-    cfg.model.backbone.weights = None  # the checkpoint holds every weight: never re-read or download
-    model = build_detector(cfg)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg, state["categories"]
+    """``(model in eval mode, config, categories)`` from a checkpoint file or run folder."""
+    model = load_detector(checkpoint, device)
+    return model, model.config, model.categories
 
 
-def find_images(inputs: list[Path]) -> list[Path]:
-    """Image files named directly or found (sorted) in the named folders."""
-    files: list[Path] = []
-    for path in inputs:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such image or folder")
-    if not files:
-        raise FileNotFoundError(
-            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, inputs))}"
-        )
-    return files
+def _readable(
+    items: Iterable[SourceItem], on_error: Callable[[SourceItem, SourceError], None] | None
+) -> Iterator[tuple[SourceItem, torch.Tensor]]:
+    """``(item, decoded image)``; unreadable items go to ``on_error`` (or raise without it)."""
+    for item in items:
+        try:
+            yield item, item.load()
+        except SourceError as exc:
+            if on_error is None:
+                raise
+            on_error(item, exc)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def inference_settings(
+    model: Any, conf: float | None, iou: float | None, max_det: int | None
+) -> dict[str, Any]:
+    """``model.inference`` with the given overrides (``None`` keeps the model's value)."""
+    for name, value, lo, hi in (("conf", conf, 0, 1), ("iou", iou, 0, 1)):
+        if value is not None and not lo <= value <= hi:
+            raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
+    if max_det is not None and max_det < 1:
+        raise ValueError(f"max_det must be at least 1, got {max_det}")
+    overrides = {"score_thresh": conf, "nms_iou": iou, "max_detections": max_det}
+    return {**model.inference, **{k: v for k, v in overrides.items() if v is not None}}
 
 
 @torch.no_grad()
-def predict_images(
-    checkpoint: str | Path,
-    inputs: list[Path],
-    out: Path,
+def predict_stream(
+    model: Any,
+    source: Any,
     *,
-    score_thresh: float = 0.3,
-    device: str = "auto",
-    draw: bool = True,
-    console: Console | None = None,
-) -> dict[str, Any]:
-    """Write ``OUT/detections.json`` (COCO results, the training file's category ids), ``OUT/images.json``
-    (image id -> file) and, with ``draw``, one PNG per image with boxes, labels and scores."""
-    from anchorlab.data.transforms import boxes_to_original
-
-    model, cfg, categories = load_trained(checkpoint, device)
-    model.inference["score_thresh"] = score_thresh
-    transform = eval_transforms(cfg)
-    names = [c["name"] for c in categories]
-    dev = next(model.parameters()).device
-    make_dir(out)
-    results, images = [], []
-    files = find_images(inputs)
-    for image_id, path in enumerate(track(files, description="predict", console=console), start=1):
-        try:
-            image = read_rgb(path)
-        except (RuntimeError, OSError) as exc:
-            raise ValueError(f"{path}: not a readable image ({exc})") from None
-        target = {
-            "boxes": torch.zeros((0, 4)),
-            "labels": torch.zeros((0,), dtype=torch.int64),
-            "crowd": torch.zeros((0, 4)),
-            "image_id": image_id,
-        }
-        tensor, target = transform(image, target)
-        det = model.predict([tensor.to(dev)])[0]
-        boxes = boxes_to_original(det["boxes"].cpu(), target["scale"])
-        scores, labels = det["scores"].cpu(), det["labels"].cpu()
-        images.append(
-            {"id": image_id, "file_name": str(path), "height": image.shape[1], "width": image.shape[2]}
+    conf: float | None = 0.25,
+    iou: float | None = None,
+    max_det: int | None = None,
+    batch: int = 8,
+    on_error: Callable[[SourceItem, SourceError], None] | None = None,
+) -> Iterator[Detections]:
+    """One :class:`Detections` per image of ``source`` (see ``anchorlab.engine.sources``), in order,
+    ``batch`` images per forward pass; boxes in the original images' pixels. An unreadable file raises a
+    :class:`SourceError` naming it, or with ``on_error`` is reported to it and skipped."""
+    if model.config is None:
+        raise ValueError(
+            "this Detector has no preprocessing: load it with anchorlab.load(...) or call "
+            "model.attach(config, categories) first"
         )
-        for box, score, label in zip(
-            xyxy_to_xywh(boxes).tolist(), scores.tolist(), labels.tolist(), strict=True
-        ):
-            results.append(
-                {
-                    "image_id": image_id,
-                    "category_id": categories[label]["id"],
-                    "bbox": [round(v, 2) for v in box],
-                    "score": round(score, 5),
-                }
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    settings = inference_settings(model, conf, iou, max_det)
+    transform = eval_transforms(model.config)
+    device = next(model.parameters()).device
+    names = model.names
+    category_ids = [c["id"] for c in model.categories] if model.categories else None
+    empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}
+    for chunk in _chunks(_readable(iter_source(source), on_error), batch):
+        originals = [image for _, image in chunk]
+        chunk = [item for item, _ in chunk]
+        resized = [transform(image, dict(empty)) for image in originals]
+        outputs = model.detect([im.to(device) for im, _ in resized], inference=settings)
+        for item, image, (_, target), out in zip(chunk, originals, resized, outputs, strict=True):
+            shape = (int(image.shape[-2]), int(image.shape[-1]))
+            yield Detections(
+                xyxy=boxes_to_original(out["boxes"].float().cpu(), target["scale"], shape),
+                scores=out["scores"].float().cpu(),
+                labels=out["labels"].cpu(),
+                names=names,
+                image_shape=shape,
+                path=item.path,
+                category_ids=category_ids,
+                frame=item.frame,
+                relative=item.relative,
+                image=image if item.in_memory else None,
             )
-        if draw:
-            text = [f"{names[lab]} {s:.2f}" for lab, s in zip(labels.tolist(), scores.tolist(), strict=True)]
-            drawn = draw_bounding_boxes(image, boxes, labels=text, colors="red", width=2)
-            png = encode_png(drawn).numpy().tobytes()
-            atomic_write(out / f"{path.stem}_pred.png", lambda f, data=png: f.write(data))
-    write_json(out / "detections.json", results)
-    write_json(out / "images.json", images)
-    return {"images": len(files), "detections": len(results), "out": str(out)}
-
-
-def read_detections(path: Path) -> list[dict[str, Any]]:
-    return json.loads(Path(path).read_text())
