@@ -21,16 +21,26 @@ from anchorlab.engine.checkpoint import CheckpointError, load_checkpoint
 from anchorlab.engine.common import resolve_device
 from anchorlab.engine.evaluate import eval_transforms
 from anchorlab.engine.sources import SourceError, SourceItem, iter_source
+from anchorlab.io import write_json, write_text
 from anchorlab.results import Detections
 
-__all__ = ["CHECKPOINT_NAMES", "load_detector", "load_trained", "predict_stream", "resolve_checkpoint"]
+__all__ = [
+    "CHECKPOINT_NAMES",
+    "ImageIds",
+    "load_detector",
+    "load_trained",
+    "output_name",
+    "predict_stream",
+    "predict_to_folder",
+    "resolve_checkpoint",
+]
 
 #: The files of a run folder ``load`` looks for, in order of preference.
 CHECKPOINT_NAMES = ("best.pt", "last.pt", "checkpoint.pt")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """``path`` itself for a file; for a run folder its ``best.pt``, else ``last.pt``, else ``checkpoint.pt``."""
+    """``path`` for a file; for a run folder its ``best.pt``, else ``last.pt``, else ``checkpoint.pt``."""
     path = Path(path)
     if path.is_dir():
         for name in CHECKPOINT_NAMES:
@@ -159,3 +169,99 @@ def predict_stream(
                 relative=item.relative,
                 image=image if item.in_memory else None,
             )
+
+
+# -- anchorlab predict: a folder of outputs -------------------------------------------------------------
+def output_name(det: Detections) -> Path:
+    """Where ``det`` goes inside ``OUT/images`` (annotated) and ``OUT/labels`` (``.txt``): the input's path
+    relative to the common folder of the inputs; a video's frames go to ``<video name>.frames/``."""
+    rel = det.relative if det.relative is not None else Path(f"image_{id(det)}.png")
+    if det.frame is not None:
+        return rel.parent / f"{rel.name}.frames" / f"frame_{det.frame:06d}.png"
+    return rel
+
+
+class ImageIds:
+    """Image ids of a COCO ground-truth file (read with ``anchorlab.data.coco.load_coco``), looked up by file:
+    the same absolute path, else the one GT file whose path ends with the input's relative path, else with
+    its file name."""
+
+    def __init__(self, gt: str | Path) -> None:
+        from anchorlab.data.coco import load_coco
+
+        ds = load_coco(gt, check_images="none")
+        self.exact = {str(Path(r.file).absolute()): r.id for r in ds.images}
+        self.by_name: dict[str, list[tuple[tuple[str, ...], int]]] = {}
+        for r in ds.images:
+            self.by_name.setdefault(Path(r.file).name, []).append((Path(r.file).parts, r.id))
+        self.categories = [{"id": c.id, "name": c.name} for c in ds.categories]
+
+    def __call__(self, det: Detections) -> int | None:
+        if det.path is None or det.frame is not None:
+            return None
+        exact = self.exact.get(str(det.path.absolute()))
+        if exact is not None:
+            return exact
+        candidates = self.by_name.get(det.path.name, [])
+        if len(candidates) == 1:
+            return candidates[0][1]
+        tail = det.relative.parts if det.relative is not None else ()
+        hits = [i for parts, i in candidates if tail and parts[-len(tail) :] == tail]
+        return hits[0] if len(hits) == 1 else None
+
+
+def predict_to_folder(
+    model: Any,
+    inputs: list[Any],
+    out: Path,
+    *,
+    conf: float | None = 0.25,
+    iou: float | None = None,
+    max_det: int | None = None,
+    batch: int = 8,
+    draw: bool = True,
+    save_txt: bool = False,
+    save_json: bool = False,
+    gt: Path | None = None,
+    on_error: Callable[[SourceItem, SourceError], None] | None = None,
+    on_image: Callable[[Detections], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``model.predict`` over ``inputs`` and write, keeping the inputs' relative layout (see
+    :func:`output_name`): ``OUT/images/<rel>`` annotated (``draw``), ``OUT/labels/<rel>.txt`` YOLO lines and
+    ``OUT/classes.txt`` (``save_txt``; ``anchorlab.data.yolo.load_yolo(OUT)`` reads them back),
+    ``OUT/detections.json`` COCO results with the checkpoint's category ids and ``OUT/images.json``
+    (``save_json``). Image ids: ``gt``'s (a COCO file; images not in it are left out of detections.json
+    and counted in ``unmatched``), else 1, 2, ... in input order (``images.json`` maps them to files)."""
+    ids = ImageIds(gt) if gt is not None else None
+    results: list[dict[str, Any]] = []
+    images: list[dict[str, Any]] = []
+    unmatched: list[str] = []
+    count = 0
+    for det in predict_stream(
+        model, inputs, conf=conf, iou=iou, max_det=max_det, batch=batch, on_error=on_error
+    ):
+        count += 1
+        name = output_name(det)
+        if draw:
+            det.save(out / "images" / name)
+        if save_txt:
+            write_text(out / "labels" / name.with_suffix(".txt"), det.to_yolo())
+        if save_json:
+            image_id = ids(det) if ids is not None else count
+            if image_id is None:
+                unmatched.append(str(det.path))
+            else:
+                results.extend(det.to_coco(image_id))
+                h, w = det.image_shape
+                images.append(
+                    {"id": image_id, "file_name": name.as_posix(), "path": str(det.path), "frame": det.frame,
+                     "height": h, "width": w}
+                )  # fmt: skip
+        if on_image is not None:
+            on_image(det)
+    if save_txt:
+        write_text(out / "classes.txt", "".join(f"{n}\n" for n in model.names))
+    if save_json:
+        write_json(out / "detections.json", results)
+        write_json(out / "images.json", images)
+    return {"images": count, "detections": len(results), "unmatched": unmatched, "out": str(out)}

@@ -135,8 +135,7 @@ def _check_tensor(image: torch.Tensor, what: str) -> torch.Tensor:
     lo, hi = float(image.min()), float(image.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise SourceError(
-            f"{what}: float tensors must hold values in 0..1, got {lo:.3g}..{hi:.3g} "
-            "(pass uint8 for 0..255)"
+            f"{what}: float tensors must hold values in 0..1, got {lo:.3g}..{hi:.3g} (pass uint8 for 0..255)"
         )
     return image
 

@@ -190,7 +190,9 @@ class Detector(nn.Module):
         """Remember the training ``config`` (an ``anchorlab.config.Config``: input size for :meth:`predict`)
         and ``categories`` (``[{"id", "name"}]``, label i = ``categories[i]``); ``anchorlab.load`` does it."""
         self.config = config
-        cats = list(categories) if categories else [{"id": i, "name": str(i)} for i in range(self.num_classes)]
+        cats = (
+            list(categories) if categories else [{"id": i, "name": str(i)} for i in range(self.num_classes)]
+        )
         if len(cats) != self.num_classes:
             raise ValueError(f"{len(cats)} categories for a detector of {self.num_classes} classes")
         self.categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in cats]
@@ -203,7 +205,9 @@ class Detector(nn.Module):
         return [c["name"] for c in cats] if cats else [str(i) for i in range(self.num_classes)]
 
     @classmethod
-    def from_checkpoint(cls, path: Any, device: str | torch.device = "auto", verbose: bool = False) -> Detector:
+    def from_checkpoint(
+        cls, path: Any, device: str | torch.device = "auto", verbose: bool = False
+    ) -> Detector:
         """A trained detector in eval mode from ``best.pt``, ``last.pt``, a legacy ``checkpoint.pt`` or a run
         folder (``best.pt``, else ``last.pt``, else ``checkpoint.pt``); see ``anchorlab.load``."""
         from anchorlab.engine.predict import load_detector
