@@ -145,6 +145,7 @@ def _array_to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
         raise SourceError(f"{what}: expected an H x W x 3 RGB array, got shape {array.shape}")
     if array.dtype != np.uint8:
         raise SourceError(f"{what}: expected a uint8 array (0..255), got {array.dtype}")
+    array = array if array.flags.writeable else array.copy()  # torch wants writable memory
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
 
 
