@@ -1,4 +1,4 @@
-"""Shared pieces of the prediction tests: a tiny synthetic set, a few-iteration training run, a weights file."""
+"""Shared pieces of the prediction tests: a tiny synthetic set, a 2-iteration training run, a weights file."""
 
 from __future__ import annotations
 

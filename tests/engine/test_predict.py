@@ -17,6 +17,7 @@ from anchorlab.data.transforms import boxes_to_original, shortest_edge_size
 from anchorlab.engine.checkpoint import CheckpointError
 from anchorlab.engine.sources import SourceError
 from anchorlab.models import Detector, build_detector
+
 from .predict_helpers import SIZE, image_u8, synth_set, tiny_config, train_tiny, write_weights_file
 
 
@@ -68,9 +69,9 @@ def test_load_run_folder_prefers_best_then_last_then_checkpoint(resumable, tmp_p
 
 
 def test_load_errors_name_the_file(tmp_path):
-    with pytest.raises(CheckpointError, match="holds none of best.pt, last.pt, checkpoint.pt"):
+    with pytest.raises(CheckpointError, match=r"holds none of best\.pt, last\.pt, checkpoint\.pt"):
         anchorlab.load(tmp_path, "cpu")
-    with pytest.raises(CheckpointError, match="nothing.pt does not exist"):
+    with pytest.raises(CheckpointError, match=r"nothing\.pt does not exist"):
         anchorlab.load(tmp_path / "nothing.pt", "cpu")
 
 
@@ -169,7 +170,7 @@ def test_conf_iou_max_det_apply_to_one_call(model, images):
     tight = len(model.predict(images[0], conf=0.0, iou=0.1, max_det=100)[0])
     assert tight < loose
     assert model.inference == before
-    with pytest.raises(ValueError, match="conf must be in 0..1"):
+    with pytest.raises(ValueError, match=r"conf must be in 0\.\.1"):
         model.predict(images[0], conf=2)
 
 

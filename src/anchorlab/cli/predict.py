@@ -93,7 +93,7 @@ def predict(
 
     def report(item, exc) -> None:
         skipped.append(str(item.path))
-        console.print(f"[yellow]warning:[/] skipped {exc}", highlight=False)
+        console.print(f"[yellow]warning:[/] skipped {exc}", highlight=False, soft_wrap=True)
 
     try:
         _collisions(inputs, save_txt)
@@ -116,7 +116,8 @@ def predict(
         first = ", ".join(summary["unmatched"][:3])
         console.print(
             f"[yellow]warning:[/] {len(summary['unmatched'])} image(s) are not in {gt} and were left out of "
-            f"detections.json: {first}{', ...' if len(summary['unmatched']) > 3 else ''}"
+            f"detections.json: {first}{', ...' if len(summary['unmatched']) > 3 else ''}",
+            soft_wrap=True,
         )
     console.print(f"{summary['images']} images -> {summary['out']}")
     if skipped:
