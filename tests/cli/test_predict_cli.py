@@ -147,3 +147,25 @@ def test_refusals_and_skipped_files(best, nested, tmp_path):
     assert result.exit_code == 1 and "does not exist" in result.stderr
     result = predict(str(best), str(tmp_path / "none.png"), "--out", str(tmp_path / "o5"))
     assert result.exit_code == 1 and "none.png: no such image" in result.stderr
+
+
+def test_video_frames_get_their_own_files(best, nested, tmp_path):
+    av = pytest.importorskip("av")
+    from anchorlab.data.loader import read_rgb
+
+    video = nested / "c" / "clip.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 96, 96, "yuv420p"
+        frame = read_rgb(nested / "a/x.png").permute(1, 2, 0).numpy()
+        for _ in range(2):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    out = tmp_path / "out"
+    result = predict(str(best), str(nested), "--out", str(out), "--save-txt", "--save-json")
+    assert result.exit_code == 0, result.output
+    frames = sorted(p.name for p in (out / "images" / "c" / "clip.mp4.frames").iterdir())
+    assert frames == ["frame_000000.png", "frame_000001.png"]
+    assert (out / "labels" / "c" / "clip.mp4.frames" / "frame_000001.txt").is_file()
+    listed = json.loads((out / "images.json").read_text())
+    assert [im["frame"] for im in listed if im["path"] == str(video)] == [0, 1]
