@@ -3,7 +3,10 @@
 ``model(images, targets)`` in train mode returns a dict of losses; ``model(images)`` in eval mode returns
 ``[{"boxes": [D, 4] xyxy, "scores": [D], "labels": [D]}]`` per image, in the input images' pixel
 coordinates. ``images`` is a list of ``[3, H_i, W_i]`` float tensors in 0..1 (any sizes) or an
-``ImageBatch`` (zero-padded, still in 0..1).
+``ImageBatch`` (zero-padded, still in 0..1). ``model.detect(images)`` is the same in eval mode without
+touching the module's mode; ``model.predict(source)`` is the user's call (files, arrays, videos; resized as
+in training; ``anchorlab.Detections`` in the original pixels), once ``anchorlab.load`` (or ``attach``) gave
+the model its config and categories.
 
 Head protocol (any head with these methods plugs in; see ``docs/retinanet.md``):
 
