@@ -40,6 +40,8 @@ def test_len_iteration_and_dict():
     )
     empty = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), ["a"], (5, 5))
     assert len(empty) == 0 and list(empty) == [] and empty.to_coco(1) == [] and empty.to_yolo() == ""
+    blank = np.full((5, 5, 3), 7, np.uint8)
+    np.testing.assert_array_equal(empty.plot(image=blank), blank)
 
 
 def test_to_coco_uses_the_files_category_ids():

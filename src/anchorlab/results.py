@@ -163,7 +163,9 @@ class Detections:
             texts = [f"{n} {s:.2f}" for n, s in zip(texts, self.scores.tolist(), strict=True)]
         colours = [PALETTE[i % len(PALETTE)] for i in self.labels.tolist()]
         width = line_width or max(1, round(max(self.image_shape) / 300))
-        drawn = draw_bounding_boxes(canvas.cpu(), self.xyxy, labels=texts, colors=colours, width=width)
+        drawn = canvas.cpu()
+        if len(self):  # torchvision warns on an empty box list
+            drawn = draw_bounding_boxes(drawn, self.xyxy, labels=texts, colors=colours, width=width)
         array = drawn.permute(1, 2, 0).numpy()
         if pil:
             from PIL import Image
