@@ -53,7 +53,7 @@ def main() -> None:
                 optimizer.step()
                 step = time.perf_counter() - start
             start = time.perf_counter()
-            model.predict(images[:1])
+            model.detect(images[:1])
             infer = time.perf_counter() - start
             print(
                 f"short side {short} ({short}x{short * 4 // 3}), trainable_layers {trainable}: "

@@ -28,18 +28,39 @@ torchvision's anchor centres and its distances are torchvision's size-normalised
 size, so both decode the same boxes. Score ``sqrt(sigmoid(cls) * sigmoid(centerness))`` on both sides;
 ``dense``: logits ~ N(-4.6, 1.5), ``sparse``: N(-8, 1).
 
-Run: ``.venv/bin/python bench/bench_inference.py [--threads 2] [--reps 7]``
+End to end (``--part predict``): ``model.predict(folder, batch=8)`` on a folder of ``--images`` PNGs of
+640 x 480 (decode with ``read_rgb`` + the evaluation resize to 384 x 512 + model + post-processing + boxes
+back to original pixels + ``Detections``) against torchvision's ``retinanet_resnet50_fpn`` with the SAME
+weights (anchorlab's state dict copied over; checked: equal detections on the same resized image) and the
+same resize (``min_size=384, max_size=640``: 640 x 480 -> 512 x 384 in both), fed the decoded images 8 at a
+time. Model time = ``Detector.detect`` (normalise + pad + backbone + head + decode + NMS) on the already
+resized images in batches of 8; overhead = decode + resize + boxes back to original pixels, timed alone
+(``anchorlab pre/post only``), as % of the model time; also (``predict`` - model time) / model time, which
+on a loaded machine is the difference of two noisy totals. The classification
+bias is set to ``logit(0.05)`` so that the untrained model has candidates for NMS (a dense, worst case).
+
+Run: ``.venv/bin/python bench/bench_inference.py [--threads 2] [--reps 7] [--part model|predict|all]
+[--images 64]``
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.models.detection import fcos_resnet50_fpn, retinanet_resnet50_fpn
 from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import box_iou
 
 from anchorlab.config import load_config
+from anchorlab.data.loader import read_rgb
+from anchorlab.data.transforms import boxes_to_original
+from anchorlab.engine.evaluate import eval_transforms
 from anchorlab.models import build_detector
 from anchorlab.models.heads.fcos import FCOSHead
 from common import interleaved, load_average, median_ms, random_images, setup, spread, table
@@ -120,12 +141,133 @@ def compare(run_tv, run_ours, reps: int) -> tuple[float, float, int]:
     return median_ms(t["torchvision"]), median_ms(t["ours"]), len(b["boxes"])
 
 
+def _tv_head_key(key: str) -> str:
+    """anchorlab's RetinaHead parameter name -> torchvision's RetinaNetHead's."""
+    parts = key.split(".")
+    if parts[1] in {"cls_tower", "box_tower"}:
+        head = "classification_head" if parts[1] == "cls_tower" else "regression_head"
+        return f"head.{head}.conv.{int(parts[2]) // 2}.0.{parts[3]}"  # conv i sits at index 2 i (conv, relu)
+    return {
+        "cls_logits": "head.classification_head.cls_logits",
+        "bbox_pred": "head.regression_head.bbox_reg",
+    }[parts[1]] + f".{parts[2]}"
+
+
+def copy_weights(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    """Load anchorlab's RetinaNet weights into torchvision's: the backbone and FPN list their parameters in
+    the same order; the head's are renamed."""
+    src = {k: v for k, v in ours.state_dict().items() if k != "head.loss_normalizer"}
+    body = [k for k in src if not k.startswith("head.")]
+    tv_body = [k for k in theirs.state_dict() if not k.startswith("head.")]
+    mapping = dict(zip(body, tv_body, strict=True))
+    mapping.update({k: _tv_head_key(k) for k in src if k.startswith("head.")})
+    target = theirs.state_dict()
+    for k, k_tv in mapping.items():
+        assert src[k].shape == target[k_tv].shape, (k, k_tv)
+    theirs.load_state_dict({mapping[k]: v for k, v in src.items()})
+
+
+def predict_bench(args) -> None:
+    """``model.predict`` on a folder against torchvision's RetinaNet (see the module docstring)."""
+    torch.manual_seed(0)
+    settings = {"score_thresh": 0.05, "topk_per_level": 1000, "nms_iou": 0.5, "max_detections": 100}
+    cfg = load_config(None, [
+        "model.detector=retinanet", f"model.num_classes={K}", "model.backbone.name=resnet50",
+        "model.backbone.norm=bn", "model.fpn.channels=256", "model.head.channels=256",
+        "model.head.num_convs=4", "model.head.norm=none", "model.loss.box=l1",
+        "model.box_coder_stds=[1,1,1,1]", "data.min_size=384", "data.max_size=640",
+        *(f"model.inference.{k}={v}" for k, v in settings.items()),
+    ])  # fmt: skip
+    ours = build_detector(cfg).eval()
+    with torch.no_grad():
+        ours.head.cls_logits.bias.fill_(math.log(0.05 / 0.95))
+    ours.attach(cfg, [{"id": i, "name": f"class{i}"} for i in range(K)])
+    theirs = retinanet_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=K, min_size=384, max_size=640,
+        score_thresh=0.05, nms_thresh=0.5, topk_candidates=1000, detections_per_img=100,
+    ).eval()  # fmt: skip
+    copy_weights(ours, theirs)
+    folder = Path(tempfile.mkdtemp(prefix="anchorlab_bench_"))
+    rng = np.random.default_rng(0)
+    for i in range(args.images):  # smooth random images: noise upsampled (PNG-compressible, not flat)
+        small = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((640, 480), Image.BILINEAR).save(folder / f"img_{i:03d}.png")
+    files = sorted(folder.glob("*.png"))
+    transform = eval_transforms(cfg)
+    empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}
+    resized = [transform(read_rgb(f), dict(empty))[0] for f in files]
+    assert tuple(resized[0].shape) == (3, 384, 512)
+    with torch.no_grad():  # same weights: the same detections on the same resized image
+        a, b = theirs([resized[0]])[0], ours.detect([resized[0]])[0]
+    iou = box_iou(b["boxes"], a["boxes"]) * (b["labels"][:, None] == a["labels"][None, :])
+    matched = float((iou.max(dim=1).values > 0.95).float().mean()) if len(a["boxes"]) else 0.0
+    print(f"same weights check: torchvision {len(a['boxes'])} / anchorlab {len(b['boxes'])} detections, "
+          f"{100 * matched:.0f} % of anchorlab's matched (same label, IoU > 0.95)", flush=True)  # fmt: skip
+    batches = [resized[i : i + 8] for i in range(0, len(resized), 8)]
+    with torch.no_grad():
+        outputs = ours.detect(batches[0])
+
+    def run_predict():
+        return ours.predict(folder, conf=0.05, batch=8)
+
+    def run_model():
+        return [ours.detect(chunk) for chunk in batches]
+
+    def run_prepost():  # what predict adds to the model: decode, resize, boxes back, Detections
+        for i in range(0, len(files), 8):
+            images = [transform(read_rgb(f), dict(empty)) for f in files[i : i + 8]]
+            for (_, target), out in zip(images, outputs, strict=False):
+                boxes_to_original(out["boxes"], target["scale"], target["orig_size"])
+
+    def run_tv():
+        out = []
+        for i in range(0, len(files), 8):
+            out += theirs([read_rgb(f).float() / 255 for f in files[i : i + 8]])
+        return out
+
+    def run_tv_model():
+        return [theirs(chunk) for chunk in batches]
+
+    with torch.no_grad():
+        t = interleaved(
+            {"anchorlab predict": run_predict, "torchvision e2e": run_tv, "anchorlab model only": run_model,
+             "torchvision on resized": run_tv_model, "anchorlab pre/post only": run_prepost},
+            reps=args.reps, warmup=1,
+        )  # fmt: skip
+    n = len(files)
+    rows = [
+        [name, f"{n / (median_ms(v) / 1e3):.2f}", f"{median_ms(v) / n:.0f}", spread(v)]
+        for name, v in t.items()
+    ]
+    ours_over = median_ms(t["anchorlab predict"]) / median_ms(t["anchorlab model only"]) - 1
+    prepost = median_ms(t["anchorlab pre/post only"]) / median_ms(t["anchorlab model only"])
+    tv_over = median_ms(t["torchvision e2e"]) / median_ms(t["torchvision on resized"]) - 1
+    print(f"\nload average after: {load_average()}\n")
+    print(f"{n} images 640x480 PNG -> 512x384, batch 8, RetinaNet R50-FPN, {K} classes, same weights\n")
+    print(table(["variant", "images/s", "ms / image", "spread (ms per folder)"], rows))
+    print(f"\nanchorlab pre/post-processing alone (decode + resize + boxes back), batch 8: "
+          f"{100 * prepost:.1f} % of its model time")  # fmt: skip
+    print(f"difference of the totals (noisier: two large numbers): "
+          f"anchorlab {100 * ours_over:.1f} % of its model time; "
+          f"torchvision {100 * tv_over:.1f} %")  # fmt: skip
+    for f in files:
+        f.unlink()
+    folder.rmdir()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--part", choices=["model", "predict", "all"], default="all")
+    parser.add_argument("--images", type=int, default=64, help="images in the folder of --part predict")
     args = parser.parse_args()
-    print(setup(args.threads))
+    header = setup(args.threads)
+    print(header)
+    if args.part in {"predict", "all"}:
+        predict_bench(args)
+    if args.part == "predict":
+        return
     torch.manual_seed(0)
     theirs = retinanet_resnet50_fpn(
         weights=None,

@@ -92,7 +92,7 @@ class TinyBody(nn.Module):
 def set_threshold(model: Detector) -> None:
     """A score threshold midway between two consecutive scores of the first example image: no score
     sits within float noise of it, images get different, non-trivial counts."""
-    scores = model.predict(list(images(*EXAMPLE, seed=1)))[0]["scores"]
+    scores = model.detect(list(images(*EXAMPLE, seed=1)))[0]["scores"]
     k = min(TARGET_DETECTIONS, len(scores) // 2)  # CenterNet's heatmap has few peaks
     model.inference["score_thresh"] = float(scores[k - 1 : k + 1].mean())
 
@@ -160,7 +160,7 @@ def test_round_trip_matches_pytorch(exported) -> None:
     shapes = ((1, EXAMPLE), (2, OTHER)) if mode == "raw" else ((1, EXAMPLE),)
     for seed, shape in shapes:
         batch = images(*shape, seed=seed)
-        assert_same_detections(runtime(batch), model.predict(list(batch)))
+        assert_same_detections(runtime(batch), model.detect(list(batch)))
     if mode == "full":
         out = dict(zip(FULL_OUTPUTS, session.run(None, {"images": batch.numpy()}), strict=True))
         assert out["boxes"].shape == (EXAMPLE[0], 100, 4) and out["labels"].shape == (EXAMPLE[0], 100)
@@ -189,7 +189,7 @@ def check_raw_anchors_and_scores(model: Detector, path) -> None:
     named = dict(zip(RAW_OUTPUTS, (boxes, scores, counts), strict=True))
     settings = onnx_metadata(path)["inference"]
     assert_same_detections(
-        postprocess_raw(named, [OTHER[1:]] * OTHER[0], **settings), model.predict(list(batch))
+        postprocess_raw(named, [OTHER[1:]] * OTHER[0], **settings), model.detect(list(batch))
     )
 
 
@@ -229,7 +229,7 @@ def test_cli_exports_and_checks_a_resnet18_checkpoint(cli_export) -> None:
     runtime = OnnxDetector(path)
     for seed, shape in ((1, EXAMPLE), (2, OTHER)):  # dynamic batch and size
         batch = images(*shape, seed=seed)
-        assert_same_detections(runtime(batch), model.predict(list(batch)))
+        assert_same_detections(runtime(batch), model.detect(list(batch)))
 
 
 def test_compare_detections_reports_disagreement() -> None:

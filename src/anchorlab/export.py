@@ -293,5 +293,5 @@ def check_onnx(
     images = torch.rand(batch_size, 3, *image_size, generator=generator)
     ours = OnnxDetector(path)(images)
     device = next(model.parameters()).device
-    reference = model.predict([im.to(device) for im in images])
+    reference = model.detect([im.to(device) for im in images])
     return compare_detections(ours, reference)

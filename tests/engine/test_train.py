@@ -175,12 +175,13 @@ def test_cli_train_eval_predict(synth, tmp_path):
 
     images = Path(synth.train).parent / "images"
     result = runner.invoke(
-        app, ["predict", str(ckpt), str(images), "--out", str(tmp_path / "pred"), "--score-thresh", "0.0"]
+        app,
+        ["predict", str(ckpt), str(images), "--out", str(tmp_path / "pred"), "--conf", "0.0", "--save-json"],
     )
     assert result.exit_code == 0, result.output
     dets = json.loads((tmp_path / "pred" / "detections.json").read_text())
     files = json.loads((tmp_path / "pred" / "images.json").read_text())
-    assert len(files) == 16 and len(list((tmp_path / "pred").glob("*_pred.png"))) == 16
+    assert len(files) == 16 and len(list((tmp_path / "pred" / "images").glob("*.png"))) == 16
     cat_ids = {c["id"] for c in json.loads(Path(synth.train).read_text())["categories"]}
     assert dets and {d["category_id"] for d in dets} <= cat_ids
 

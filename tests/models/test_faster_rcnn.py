@@ -246,7 +246,7 @@ def test_postprocess_format(trained) -> None:
         for c in det["labels"].unique():  # class-wise NMS at 0.5
             same = b[det["labels"] == c]
             assert float(box_iou(same, same).fill_diagonal_(0).max()) <= 0.5 + 1e-6
-    pre = model.predict(images, return_pre_nms=True)
+    pre = model.detect(images, return_pre_nms=True)
     for det in pre:
         assert {"pre_nms_boxes", "pre_nms_scores", "pre_nms_labels"} <= set(det)
         assert det["pre_nms_boxes"].shape[0] >= det["boxes"].shape[0]

@@ -126,7 +126,7 @@ def test_eval_output_format_and_a_found_object(trained) -> None:
         b = det["boxes"]
         assert bool((b >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all())
     assert float(box_iou(detections[0]["boxes"][:3], targets[0]["boxes"]).max()) > 0.5
-    pre = model.predict(images, return_pre_nms=True)
+    pre = model.detect(images, return_pre_nms=True)
     assert pre[0]["pre_nms_boxes"].shape[0] >= pre[0]["boxes"].shape[0]
 
 

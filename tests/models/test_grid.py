@@ -168,7 +168,7 @@ def test_every_box_loss_trains(box_loss: str) -> None:
             h, w = image.shape[-2:]
             b = det["boxes"]
             assert bool((b >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all())
-        pre = model.predict(images, return_pre_nms=True)
+        pre = model.detect(images, return_pre_nms=True)
         assert pre[1]["pre_nms_boxes"].shape[0] >= pre[1]["boxes"].shape[0]
 
 

@@ -105,7 +105,7 @@ def test_imported_detector_equals_torchvision(name: str, tmp_path: Path) -> None
     images = [torch.rand(3, 128, 160, generator=g), torch.rand(3, 128, 136, generator=g)]
     with torch.no_grad():
         expected = reference(images)
-        got = model.predict(images)
+        got = model.detect(images)
     for ref, det in zip(expected, got, strict=True):
         assert_same_detections(ref, det)
 
@@ -214,7 +214,7 @@ def test_prediction_pipeline_equals_torchvision_on_image_files(tmp_path: Path) -
         empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}
         tensor, target = transform(image, {**empty, "crowd": torch.zeros((0, 4)), "image_id": i})
         with torch.no_grad():
-            det = model.predict([tensor])[0]
+            det = model.detect([tensor])[0]
             expected = reference([image.float() / 255])[0]
         det["boxes"] = boxes_to_original(det["boxes"], target["scale"])
         assert_same_detections(expected, det)

@@ -152,7 +152,7 @@ def test_eval_output_format(trained) -> None:
     # the 30-iteration model already finds an object in each image (IoU ~0.98 over seeds 0-2)
     for det, target in zip(detections, targets, strict=True):
         assert float(box_iou(det["boxes"][:1], target["boxes"]).max()) > 0.5
-    pre = model.predict(images, return_pre_nms=True)
+    pre = model.detect(images, return_pre_nms=True)
     assert pre[0]["pre_nms_boxes"].shape[0] >= pre[0]["boxes"].shape[0]
     assert model.training is False
 

@@ -7,6 +7,7 @@ from anchorlab.cli import (  # noqa: F401
     data,
     evaluate,
     export,
+    predict,
     report,
     train,
     weights,

@@ -1,4 +1,4 @@
-"""Commands: train, predict."""
+"""Command: train."""
 
 from __future__ import annotations
 
@@ -118,34 +118,3 @@ def _report(summary: dict, detector: str) -> None:
         from anchorlab.cli.evaluate import print_metrics
 
         print_metrics(summary["metrics"], title=f"val metrics ({detector})")
-
-
-@app.command()
-def predict(
-    checkpoint: Path = typer.Argument(..., help="checkpoint.pt written by anchorlab train."),
-    inputs: list[Path] = typer.Argument(..., help="Image files or folders."),
-    out: Path = typer.Option(Path("runs/predict"), "--out", help="Output folder."),
-    score_thresh: float = typer.Option(0.3, "--score-thresh", help="Keep detections scoring at least this."),
-    no_draw: bool = typer.Option(False, "--no-draw", help="Only write detections.json, no PNGs."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-) -> None:
-    """Detect objects in images: OUT/detections.json (COCO results) and one annotated PNG per image.
-
-    Example: anchorlab predict runs/quick/checkpoint.pt data/synth/val --out runs/predict
-    """
-    from anchorlab.engine.checkpoint import CheckpointError
-    from anchorlab.engine.predict import predict_images
-
-    try:
-        summary = predict_images(
-            checkpoint,
-            inputs,
-            out,
-            score_thresh=score_thresh,
-            device=device,
-            draw=not no_draw,
-            console=console,
-        )
-    except (CheckpointError, OSError, ValueError) as exc:
-        fail(str(exc))
-    console.print(f"{summary['detections']} detections on {summary['images']} images -> {summary['out']}")

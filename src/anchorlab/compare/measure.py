@@ -166,12 +166,12 @@ def measure_speed(
         tensor, _ = transform(read_rgb(record.file), target)
         tensors.append(tensor.to(device))
     for _ in range(warmup):
-        model.predict([tensors[0]])
+        model.detect([tensors[0]])
     times = []
     for tensor in tensors:
         _sync(device)
         start = time.perf_counter()
-        model.predict([tensor])
+        model.detect([tensor])
         _sync(device)
         times.append(time.perf_counter() - start)
     with FlopCounterMode(display=False) as counter:

@@ -80,7 +80,7 @@ def predict_dataset(
         for batch, targets in loader:
             batch = batch.to(device, non_blocking=True)
             targets = move_targets(targets, device)
-            outputs = model.predict(batch, return_pre_nms=return_pre_nms)
+            outputs = model.detect(batch, return_pre_nms=return_pre_nms)
             for out, target in zip(outputs, targets, strict=True):
                 mapped = {}
                 for key, value in out.items():

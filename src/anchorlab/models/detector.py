@@ -3,7 +3,10 @@
 ``model(images, targets)`` in train mode returns a dict of losses; ``model(images)`` in eval mode returns
 ``[{"boxes": [D, 4] xyxy, "scores": [D], "labels": [D]}]`` per image, in the input images' pixel
 coordinates. ``images`` is a list of ``[3, H_i, W_i]`` float tensors in 0..1 (any sizes) or an
-``ImageBatch`` (zero-padded, still in 0..1).
+``ImageBatch`` (zero-padded, still in 0..1). ``model.detect(images)`` is the same in eval mode without
+touching the module's mode; ``model.predict(source)`` is the user's call (files, arrays, videos; resized as
+in training; ``anchorlab.Detections`` in the original pixels), once ``anchorlab.load`` (or ``attach``) gave
+the model its config and categories.
 
 Head protocol (any head with these methods plugs in; see ``docs/retinanet.md``):
 
@@ -94,6 +97,8 @@ class Detector(nn.Module):
         self._loss_takes_sizes = "image_sizes" in inspect.signature(head.loss).parameters
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1), persistent=False)
+        self.config: Any = None  # the training Config, set by attach() (anchorlab.load)
+        self.categories: list[dict[str, Any]] | None = None
         self.channels_last = False
         if channels_last:
             self.use_channels_last()
@@ -177,14 +182,75 @@ class Detector(nn.Module):
         return self._heads(self.preprocess(images), targets if self.training else None, self.inference)
 
     @torch.no_grad()
-    def predict(
-        self, images: Sequence[torch.Tensor] | ImageBatch, return_pre_nms: bool = False
+    def detect(
+        self,
+        images: Sequence[torch.Tensor] | ImageBatch,
+        return_pre_nms: bool = False,
+        inference: dict[str, Any] | None = None,
     ) -> list[dict[str, torch.Tensor]]:
-        """Detections in eval mode (restoring the previous mode); ``return_pre_nms`` adds the NMS inputs."""
+        """Raw detections in eval mode (restoring the previous mode), in the INPUT images' pixels: no resize.
+
+        ``images`` as for ``forward`` (``[3, H, W]`` float 0..1). ``inference`` replaces entries of
+        ``self.inference`` for this call; ``return_pre_nms`` adds the NMS inputs. For files, arrays and
+        resizing as in training, use :meth:`predict`."""
         was_training = self.training
         self.eval()
         try:
-            kwargs = {**self.inference, "return_pre_nms": True} if return_pre_nms else self.inference
+            kwargs = {**self.inference, **(inference or {})}
+            if return_pre_nms:
+                kwargs["return_pre_nms"] = True
             return self._heads(self.preprocess(images), None, kwargs)
         finally:
             self.train(was_training)
+
+    # -- notebook API ------------------------------------------------------------------------------
+    def attach(self, config: Any, categories: Sequence[dict[str, Any]] | None = None) -> Detector:
+        """Remember the training ``config`` (an ``anchorlab.config.Config``: input size for :meth:`predict`)
+        and ``categories`` (``[{"id", "name"}]``, label i = ``categories[i]``); ``anchorlab.load`` does it."""
+        self.config = config
+        cats = (
+            list(categories) if categories else [{"id": i, "name": str(i)} for i in range(self.num_classes)]
+        )
+        if len(cats) != self.num_classes:
+            raise ValueError(f"{len(cats)} categories for a detector of {self.num_classes} classes")
+        self.categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in cats]
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """Class names indexed by label (``"0".."K-1"`` when no categories are attached)."""
+        cats = getattr(self, "categories", None)
+        return [c["name"] for c in cats] if cats else [str(i) for i in range(self.num_classes)]
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: Any, device: str | torch.device = "auto", verbose: bool = False
+    ) -> Detector:
+        """A trained detector in eval mode from ``best.pt``, ``last.pt``, a legacy ``checkpoint.pt`` or a run
+        folder (``best.pt``, else ``last.pt``, else ``checkpoint.pt``); see ``anchorlab.load``."""
+        from anchorlab.engine.predict import load_detector
+
+        return load_detector(path, device, verbose=verbose)
+
+    def predict(
+        self,
+        source: Any,
+        conf: float | None = 0.25,
+        iou: float | None = None,
+        max_det: int | None = None,
+        batch: int = 8,
+        stream: bool = False,
+    ) -> Any:
+        """Detect objects in ``source``; one ``anchorlab.Detections`` per image, boxes in ORIGINAL pixels.
+
+        ``source``: an image path, a folder (searched recursively), a glob, a video file, a list of any of
+        these, a ``PIL.Image``, an ``H x W x 3`` uint8 RGB numpy array, or a ``[3, H, W]`` / ``[B, 3, H, W]``
+        tensor (uint8 0..255 or float 0..1), or a list of arrays/images/tensors. Images are resized as in
+        evaluation (shorter side ``data.min_size``, longer at most ``data.max_size``) and run ``batch`` at a
+        time. ``conf`` (score threshold; ``None``: the config's), ``iou`` (NMS IoU) and ``max_det``
+        override ``model.inference`` for this call only. ``stream=True`` returns a generator (videos,
+        large folders) instead of a list."""
+        from anchorlab.engine.predict import predict_stream
+
+        results = predict_stream(self, source, conf=conf, iou=iou, max_det=max_det, batch=batch)
+        return results if stream else list(results)
