@@ -248,10 +248,11 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_predict_on_a_full_disk_keeps_the_earlier_results(
     checkpoint: Path, coco: Path, tmp_path: Path, disk_full
 ) -> None:
-    import anchorlab.cli.train  # noqa: F401  (registers the command)
+    import anchorlab.cli.predict  # noqa: F401  (registers the command)
 
     image, out = coco.parent / "0.png", tmp_path / "pred"
-    args = ["predict", checkpoint, image, "--score-thresh", "0.0", "--device", "cpu", "--out", out]
+    args = ["predict", checkpoint, image, "--conf", "0.0", "--device", "cpu", "--save-json", "--overwrite"]
+    args += ["--out", out]
     assert _invoke(*args).exit_code == 0
     before = (out / "detections.json").read_bytes()
     disk_full("detections.json")

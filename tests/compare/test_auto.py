@@ -71,7 +71,7 @@ def test_30_images_get_the_small_data_recipe():
     cfg, budget = _resolved(_dataset(30, 416, (40, 80)))
     assert SMALL_DATA_IMAGES > 30
     assert cfg.data.min_size == 416
-    assert cfg.data.scale_jitter == (312, 520) and cfg.data.max_size == 520  # +-25 %, room to upscale
+    assert cfg.data.scale_jitter == [312, 520] and cfg.data.max_size == 520  # +-25 %, room to upscale
     assert cfg.data.photometric and cfg.data.hflip == 0.5 and cfg.data.mosaic == 0.5
     assert cfg.train.ema and cfg.train.ema_tau < 200  # a short ramp for a short run
     assert cfg.train.warmup_iters < 0.1 * cfg.train.iterations + 1
@@ -133,7 +133,7 @@ def test_compare_resolves_auto_for_user_data(synth, tmp_path):
     cfg = resolve_config(
         "fcos", budget="auto", data=synth.train, val=synth.val, out=tmp_path, auto_report=report
     )
-    assert (cfg.data.min_size, cfg.data.max_size) == (96, 120) and cfg.data.scale_jitter == (72, 120)
+    assert (cfg.data.min_size, cfg.data.max_size) == (96, 120) and cfg.data.scale_jitter == [72, 120]
     assert cfg.model.fit_anchors and cfg.train.preset is None and cfg.model.fpn.channels == 64
     assert len(report) == 1 and report[0].facts["images"] == 6
     base = tmp_path / "base.yaml"

@@ -43,9 +43,10 @@ def test_truncated_png_is_skipped_by_train_and_predict(run):
     tmp, synth, bad, _, checkpoint = run
     pred = tmp / "pred"
     good = synth.images / "img_000000.png"
-    res = runner.invoke(app, ["predict", checkpoint, str(good), str(bad), "--out", str(pred)])
-    assert res.exit_code == 0, res.output
-    assert [im["file_name"] for im in json.loads((pred / "images.json").read_text())] == [str(good)]
+    res = runner.invoke(app, ["predict", checkpoint, str(good), str(bad), "--out", str(pred), "--save-json"])
+    assert res.exit_code == 1, res.output  # every readable image predicted; the skipped one makes it exit 1
+    assert "bad.png" in res.output and "Traceback" not in res.output
+    assert [im["file_name"] for im in json.loads((pred / "images.json").read_text())] == [good.name]
 
 
 def _eval(tmp, cfg, checkpoint, val: dict):

@@ -129,6 +129,7 @@ def test_cli_import_finetune_predict(coco_retinanet, synth, tmp_path) -> None:
             str(Path(synth.val).parent / "images"),
             "--out",
             str(tmp_path / "pred"),
+            "--save-json",
             "--device",
             "cpu",
             "--score-thresh",

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from anchorlab.cli.app import app
 from anchorlab.cli.evaluate import fail
+from anchorlab.console import make_console
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 EXAMPLES = """Examples:
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from anchorlab.cli.app import app
 from anchorlab.cli.evaluate import fail
+from anchorlab.console import make_console
 
 __all__ = ["report_command"]
 
@@ -45,7 +45,7 @@ def report_command(
     from anchorlab.engine.checkpoint import CheckpointError
     from anchorlab.report.run import write_run_report
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     if not 0 <= score_thresh <= 1:
         fail(f"--score-thresh must be in [0, 1], got {score_thresh}")
     try:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from anchorlab.cli.app import app
 from anchorlab.cli.evaluate import fail
+from anchorlab.console import make_console
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 @app.command()

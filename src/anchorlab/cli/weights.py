@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from anchorlab.cli.app import app
 from anchorlab.cli.evaluate import fail
+from anchorlab.console import make_console
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 weights_app = typer.Typer(
     help="Pretrained weights: import torchvision's COCO-trained detectors.", no_args_is_help=True
 )
@@ -69,4 +69,4 @@ def list_() -> None:
     for name, spec in TORCHVISION_MODELS.items():
         status = "importable (exact parity)" if spec.reason is None else f"not importable: {spec.reason}"
         table.add_row(f"torchvision:{name}", spec.config.get("detector", "-"), status)
-    Console().print(table)
+    make_console().print(table)

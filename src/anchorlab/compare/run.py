@@ -38,6 +38,7 @@ from anchorlab.compare.measure import PeakMemory, measure_speed, pr_curve, predi
 from anchorlab.compare.parallel import prepare_run_dir, train_parallel
 from anchorlab.compare.presets import budget_tree, check_budget, has_preset, model_tree
 from anchorlab.config import Config, ConfigError, apply_overrides, config_from_dict, override_keys
+from anchorlab.console import make_console
 from anchorlab.data.categories import align_categories
 from anchorlab.engine.common import (
     declares_split,
@@ -347,7 +348,7 @@ def compare(
     from anchorlab.compare.report import print_table, write_report
     from anchorlab.models.build import DETECTORS
 
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     detectors = list(dict.fromkeys(detectors))
     unknown = [d for d in detectors if d not in DETECTORS]
     if unknown or not detectors:

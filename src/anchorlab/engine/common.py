@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from anchorlab.config import Config
+from anchorlab.console import make_console
 from anchorlab.data.core import DetectionSet
 
 __all__ = [
@@ -251,7 +252,6 @@ def announce_auto(cfg: Config, train_set) -> None:
     """Apply the auto budget to ``cfg`` in place; the main process prints its one line (and warnings) and
     records it as OUT/auto_budget.json when the run folder exists (in its ``.incoming/`` staging folder
     while a replacing run has not written its first checkpoint, so an earlier run stays untouched)."""
-    from rich.console import Console
 
     from anchorlab import distributed as dist_utils
     from anchorlab.compare.auto import apply_auto
@@ -259,7 +259,7 @@ def announce_auto(cfg: Config, train_set) -> None:
     budget = apply_auto(cfg, train_set)
     if not dist_utils.is_main():
         return
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     console.print(budget.line(), soft_wrap=True)
     for warning in budget.warnings:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)

@@ -65,10 +65,7 @@ def load_detector(path: str | Path, device: str | torch.device = "auto", verbose
         cfg = Config.model_validate(state["config"])
     except Exception as exc:
         raise CheckpointError(f"{file}: the stored config is not valid: {str(exc).splitlines()[0]}") from None
-    cfg.model.backbone.weights = None  # the checkpoint holds every weight: never re-read or download
-    if hasattr(cfg.model, "init_from"):
-        cfg.model.init_from = None
-    model = build_detector(cfg)
+    model = build_detector(cfg, pretrained=False)  # the checkpoint holds every weight: never re-read them
     try:
         model.load_state_dict(state["model"])
         model.attach(cfg, state.get("categories"))

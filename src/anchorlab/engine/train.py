@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from anchorlab import distributed as dist_utils
 from anchorlab.config import Config, dump_config
+from anchorlab.console import make_console
 from anchorlab.data.batch import size_divisor
 from anchorlab.data.loader import DetectionDataset, InfiniteLoader, build_loader
 from anchorlab.data.mosaic import Mosaic
@@ -121,7 +122,7 @@ def train(
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank trains on its share of each global batch of
     ``train.batch_size`` images with ``DistributedDataParallel``; only rank 0 writes files.
     """
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     rank, world, device = dist_utils.init_from_env(cfg.train.device)
     main = rank == 0
     if cfg.train.batch_size % world:

@@ -323,11 +323,17 @@ DETECTORS: dict[str, Callable[[ModelConfig], Detector]] = {
 _CANVAS_STRIDES = ("retinanet", "free_anchor", "fcos", "faster_rcnn")
 
 
-def build_detector(cfg: Config | ModelConfig) -> Detector:
-    """The detector described by ``cfg.model`` (a full ``Config``) or by a ``ModelConfig``."""
+def build_detector(cfg: Config | ModelConfig, *, pretrained: bool = True) -> Detector:
+    """The detector described by ``cfg.model`` (a full ``Config``) or by a ``ModelConfig``.
+
+    ``pretrained=False`` builds the architecture only: ``model.backbone.weights`` is neither read nor
+    downloaded (for weights about to be loaded from a checkpoint)."""
     model_cfg = cfg.model if isinstance(cfg, Config) else cfg
     if not isinstance(model_cfg, ModelConfig):
         raise TypeError(f"build_detector needs a Config or ModelConfig, got {type(cfg).__name__}")
+    if not pretrained:  # model_copy does not validate: a frozen backbone without weights is fine here
+        backbone = model_cfg.backbone.model_copy(update={"weights": None})
+        model_cfg = model_cfg.model_copy(update={"backbone": backbone, "init_from": None})
     if model_cfg.detector not in DETECTORS:
         raise ValueError(
             f"model.detector {model_cfg.detector!r} is not available; "

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -79,20 +77,12 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not zipfile.is_zipfile(path):  # not a file torch.save wrote
-            reason = str(exc).strip().splitlines()[0][:120]
-            raise ValueError(f"{what} file {path} is not a readable torch state dict: {reason}") from None
-        raise ValueError(  # a pickle that is more than tensors and containers
-            f"{what} file {path} holds objects other than tensors (e.g. an old checkpoint with numpy RNG "
-            f"states); anchorlab reads weights with weights_only=True and never runs code from a file: "
-            f"save its state dict alone (torch.save(model.state_dict(), path))"
-        ) from None
-    except Exception as exc:  # not a torch file at all
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{what} file {path} is not a readable torch state dict: {reason}") from None
+    from anchorlab.engine.checkpoint import CheckpointError, safe_torch_load
+
+    try:  # weights_only: a file that needs pickled code is refused, never run
+        state = safe_torch_load(path, map_location="cpu")
+    except CheckpointError as exc:
+        raise ValueError(f"{what}: {exc}") from None
     if isinstance(state, Mapping):
         for wrapper in ("model", "state_dict"):
             inner = state.get(wrapper)

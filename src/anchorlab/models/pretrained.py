@@ -402,10 +402,7 @@ def import_torchvision(name: str, weights_file: str | Path | None = None) -> dic
         }
     )
     tv_state = _torchvision_state(name, weights_file)
-    build_cfg = cfg.model.model_copy(
-        update={"backbone": cfg.model.backbone.model_copy(update={"weights": None})}
-    )
-    model = build_detector(build_cfg)
+    model = build_detector(cfg, pretrained=False)
     state = convert_state_dict(spec, tv_state, model.state_dict())
     model.load_state_dict(state)
     return {

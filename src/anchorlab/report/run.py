@@ -29,6 +29,7 @@ from torchvision.ops import box_iou
 
 from anchorlab.compare.plots import SCORE_THRESH, detections_by_image, pct, plot_image_grid
 from anchorlab.compare.report import html_figure, html_page, html_table
+from anchorlab.console import make_console
 from anchorlab.io import make_dir, save_figure, write_json, write_text
 
 __all__ = [
@@ -411,7 +412,7 @@ def write_run_report(
 
     run_dir = Path(run_dir)
     out = make_dir(Path(out) if out is not None else run_dir)
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not an anchorlab run folder (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml")
