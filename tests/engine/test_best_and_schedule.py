@@ -144,3 +144,11 @@ def test_resuming_a_finished_run_reports_its_metrics_without_a_new_row(synth, tm
     )
     assert len(calls) == 2 and again["metrics"]["AP"] == first["metrics"]["AP"] == 0.3
     assert [r["iteration"] for r in _rows(run)] == ["1", "2"]
+
+
+def test_default_eval_cadence_is_every_epoch_at_most_50_times():
+    from anchorlab.engine.train import default_eval_every
+
+    assert default_eval_every(10, 200, None) == 10  # 20 epochs: every epoch
+    assert default_eval_every(3, 750, None) == 3 * 5  # 250 epochs: every 5th epoch, 50 evaluations
+    assert default_eval_every(3, 750, 7) == 7 and default_eval_every(3, 750, 0) == 0  # explicit wins

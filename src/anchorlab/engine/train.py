@@ -14,6 +14,7 @@ clock and the best-AP tracker are all restored.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -292,7 +293,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.train, timed)
         self.ema = ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_tau) if cfg.train.ema else None
         self.eval_model = self.ema.module if self.ema is not None else model
-        every = self.epoch_length if cfg.train.eval_every is None else cfg.train.eval_every
+        every = default_eval_every(self.epoch_length, cfg.train.iterations, cfg.train.eval_every)
         enabled = self.evaluate and self.val_set is not None
         self.tracker = EvalTracker(every, cfg.train.patience, enabled)
         if resume:
@@ -618,6 +619,20 @@ class Trainer:
                 self._write_report()
         self.hooks.on_end(summary)
         return summary
+
+
+#: The default evaluation cadence (``train.eval_every: null``) evaluates at most this many times a run.
+MAX_DEFAULT_EVALUATIONS = 50
+
+
+def default_eval_every(epoch_length: int, iterations: int, eval_every: int | None) -> int:
+    """Iterations between evaluations: ``eval_every`` when set (0 = only at the end); else every epoch,
+    or every k-th epoch when the run has more than ``MAX_DEFAULT_EVALUATIONS`` epochs (a 30-image set
+    trained for 200 epochs would otherwise spend much of its time evaluating)."""
+    if eval_every is not None:
+        return eval_every
+    epochs = math.ceil(iterations / max(epoch_length, 1))
+    return epoch_length * max(1, math.ceil(epochs / MAX_DEFAULT_EVALUATIONS))
 
 
 def _ranks_in_sync(model: torch.nn.Module) -> bool:
